@@ -1,0 +1,304 @@
+//! The storage boundary: the [`Store`] trait and its implementations.
+//!
+//! The store speaks in transitions (`claim_due`, `finish_refresh`,
+//! `record_failure`, …): each method is one transaction that checks the
+//! lease or the version it relies on. It never sees a plaintext token — only
+//! [`Sealed`] bytes — and never reads the clock: every method that needs
+//! "now" takes it as a parameter and binds it into SQL.
+//!
+//! Read next: `sqlite.rs` (the embedded backend) and `tests/conformance.rs`
+//! (the contract every backend passes).
+
+mod sqlite;
+
+use async_trait::async_trait;
+use thermos_core::id::ConnectionId;
+use thermos_core::seal::Sealed;
+use thermos_core::status::ConnectionStatus;
+use time::OffsetDateTime;
+
+pub use sqlite::SqliteStore;
+
+/// How many attempts are kept per connection; older ones are pruned.
+pub const ATTEMPTS_KEPT_PER_CONNECTION: u32 = 50;
+
+/// A failure of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint was hit (e.g. same project, provider, external_id).
+    #[error("a connection with this project, provider and external_id already exists")]
+    Conflict,
+    /// The database failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row holds a value this version cannot read.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The last failure recorded on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// Stable error code (`invalid_grant`, `server_error`, …).
+    pub code: String,
+    /// Short message, never a secret.
+    pub message: String,
+    /// HTTP status of the provider's answer, if any.
+    pub http_status: Option<u16>,
+    /// When it happened.
+    pub at: OffsetDateTime,
+}
+
+/// A stored connection, tokens still sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionRecord {
+    pub id: ConnectionId,
+    pub project: String,
+    pub provider: String,
+    pub external_id: String,
+    pub access_token: Sealed,
+    /// `None` when the connection was imported without a refresh token.
+    pub refresh_token: Option<Sealed>,
+    pub token_type: String,
+    pub scope: Option<String>,
+    /// When the current access token was obtained (import or refresh).
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub metadata: serde_json::Value,
+    pub status: ConnectionStatus,
+    /// When the engine should next refresh; `None` when not scheduled.
+    pub next_refresh_at: Option<OffsetDateTime>,
+    pub last_refreshed_at: Option<OffsetDateTime>,
+    pub refresh_count: i64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<LastError>,
+    /// Bumped on every change of the token columns.
+    pub version: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A connection to insert. The id is chosen by the caller because the
+/// sealed tokens are bound to it.
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    pub id: ConnectionId,
+    pub project: String,
+    pub provider: String,
+    pub external_id: String,
+    pub access_token: Sealed,
+    pub refresh_token: Option<Sealed>,
+    pub token_type: String,
+    pub scope: Option<String>,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub metadata: serde_json::Value,
+    pub next_refresh_at: OffsetDateTime,
+}
+
+/// New token columns, from a refresh or a user's reconnect.
+#[derive(Debug, Clone)]
+pub struct TokenUpdate {
+    pub access_token: Sealed,
+    /// `None` keeps the stored refresh token (providers that do not rotate).
+    pub refresh_token: Option<Sealed>,
+    pub token_type: String,
+    /// `None` keeps the stored scope (RFC 6749 §5.1: omitted when unchanged).
+    pub scope: Option<String>,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub next_refresh_at: OffsetDateTime,
+}
+
+/// The state written after a failed refresh.
+#[derive(Debug, Clone)]
+pub struct FailureUpdate {
+    pub status: ConnectionStatus,
+    pub consecutive_failures: u32,
+    pub last_error: LastError,
+    /// `None` when the connection is no longer scheduled (`needs_reauth`).
+    pub next_refresh_at: Option<OffsetDateTime>,
+}
+
+/// One refresh attempt, as recorded (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAttempt {
+    pub started_at: OffsetDateTime,
+    /// `scheduled`, `on_demand`, `forced`, `reset`, …
+    pub trigger: String,
+    /// `refreshed`, `failed`, `superseded` (another refresh won).
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub http_status: Option<u16>,
+    pub duration_ms: u64,
+}
+
+/// A recorded attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub id: i64,
+    pub connection_id: ConnectionId,
+    pub attempt: NewAttempt,
+}
+
+/// Filters for listing connections (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionFilter {
+    pub project: Option<String>,
+    pub provider: Option<String>,
+    pub status: Option<ConnectionStatus>,
+}
+
+/// The result of trying to lease one connection.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The lease is ours until the given time; the record is as claimed.
+    Claimed(ConnectionRecord),
+    /// Someone (maybe this process) holds an unexpired lease.
+    Busy { lease_until: OffsetDateTime },
+    /// No such connection.
+    NotFound,
+}
+
+/// The result of committing a refresh.
+#[derive(Debug, Clone)]
+pub enum FinishOutcome {
+    /// Committed; the record as it now stands.
+    Committed(ConnectionRecord),
+    /// The version changed since the claim (e.g. the user reconnected):
+    /// nothing was written but the attempt.
+    VersionChanged,
+}
+
+/// A project API key as stored: only a hash of the secret part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// The public id part of the key (`thk_<key_id>_…`).
+    pub key_id: String,
+    pub project: String,
+    /// SHA-256 of the whole key.
+    pub secret_hash: Vec<u8>,
+    pub created_at: OffsetDateTime,
+}
+
+/// Connections counted by provider and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusCount {
+    pub provider: String,
+    pub status: ConnectionStatus,
+    pub count: u64,
+}
+
+/// Everything Thermos persists. One implementation per database; every
+/// implementation passes the conformance suite in `tests/conformance.rs`.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Inserts a new `active` connection at version 1.
+    /// [`StoreError::Conflict`] if (project, provider, external_id) exists.
+    async fn insert_connection(&self, new: NewConnection, now: OffsetDateTime) -> StoreResult<ConnectionRecord>;
+
+    /// One connection.
+    async fn get_connection(&self, id: ConnectionId) -> StoreResult<Option<ConnectionRecord>>;
+
+    /// Connections matching `filter` with ids greater than `after`, in id
+    /// (creation) order, at most `limit`.
+    async fn list_connections(
+        &self,
+        filter: &ConnectionFilter,
+        after: Option<ConnectionId>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConnectionRecord>>;
+
+    /// Replaces the tokens after the user reconnected: status `active`,
+    /// failures cleared, version bumped, any lease dropped.
+    async fn replace_tokens(
+        &self,
+        id: ConnectionId,
+        tokens: TokenUpdate,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<ConnectionRecord>>;
+
+    /// Clears failures, sets status `active` and makes it due at `now`.
+    async fn reset_connection(&self, id: ConnectionId, now: OffsetDateTime) -> StoreResult<Option<ConnectionRecord>>;
+
+    /// Deletes a connection and its attempts; false if it did not exist.
+    async fn delete_connection(&self, id: ConnectionId) -> StoreResult<bool>;
+
+    /// The earliest `next_refresh_at` among scheduled (`active`, `failing`)
+    /// connections — one index lookup, never a table scan.
+    async fn next_due_at(&self) -> StoreResult<Option<OffsetDateTime>>;
+
+    /// Leases up to `limit` scheduled connections due at `now` (earliest
+    /// first) to `owner` until `lease_until`. A claim also moves
+    /// `next_refresh_at` to `lease_until`, so a connection whose worker died
+    /// comes due again exactly when the lease expires.
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<Vec<ConnectionRecord>>;
+
+    /// Leases one connection, whatever its due time, if no unexpired lease
+    /// is held on it (by anyone, this owner included).
+    async fn claim_connection(
+        &self,
+        id: ConnectionId,
+        owner: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+    ) -> StoreResult<Claim>;
+
+    /// Drops `owner`'s lease without a refresh and sets the next due time.
+    async fn release_lease(&self, id: ConnectionId, owner: &str, next_refresh_at: OffsetDateTime) -> StoreResult<()>;
+
+    /// Commits a successful refresh if the version is still
+    /// `expected_version`: new token columns, version + 1, status `active`,
+    /// failures cleared, `refresh_count` + 1, `last_refreshed_at`, lease
+    /// dropped — and records `attempt`, in one transaction.
+    async fn finish_refresh(
+        &self,
+        id: ConnectionId,
+        expected_version: i64,
+        tokens: TokenUpdate,
+        attempt: NewAttempt,
+    ) -> StoreResult<FinishOutcome>;
+
+    /// Records a failed refresh if the version is still `expected_version`
+    /// (else only the attempt is recorded and `None` returned), dropping the
+    /// lease, in one transaction.
+    async fn record_failure(
+        &self,
+        id: ConnectionId,
+        expected_version: i64,
+        failure: FailureUpdate,
+        attempt: NewAttempt,
+    ) -> StoreResult<Option<ConnectionRecord>>;
+
+    /// The connection's most recent attempts, newest first.
+    async fn list_attempts(&self, id: ConnectionId, limit: u32) -> StoreResult<Vec<AttemptRecord>>;
+
+    /// Connection counts by provider and status.
+    async fn count_by_status(&self) -> StoreResult<Vec<StatusCount>>;
+
+    /// Stores a project API key (hash only).
+    async fn insert_api_key(&self, key: ApiKeyRecord) -> StoreResult<()>;
+
+    /// Looks a project API key up by its public id.
+    async fn find_api_key(&self, key_id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+}

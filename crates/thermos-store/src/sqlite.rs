@@ -1,0 +1,4 @@
+//! SQLite backend (to be written).
+/// Placeholder.
+#[derive(Debug)]
+pub struct SqliteStore;
