@@ -1,0 +1,8 @@
+//! Thermos: the service that keeps OAuth tokens warm.
+//!
+//! The binary's library half: configuration, the provider client, the
+//! refresh engine, the HTTP API and the CLI. `main.rs` only calls [`cli::run`].
+//! Read ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod provider;

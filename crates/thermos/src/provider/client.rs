@@ -1,0 +1,5 @@
+//! The refresh client (to be written).
+
+/// Placeholder.
+#[derive(Debug, Clone)]
+pub struct RefreshClient;
