@@ -1,1 +1,0 @@
-//! Configuration (to be written).

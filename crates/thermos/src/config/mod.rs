@@ -1,0 +1,376 @@
+//! Configuration: the TOML file, `THERMOS_SECTION__KEY` environment
+//! overrides, and their validation into runtime types.
+//!
+//! Raw input is parsed once, at the edge, into types that cannot be wrong
+//! ([`Config`] and its sections); every problem is reported at once, each
+//! naming its key. This module owns the defaults (DESIGN.md, section
+//! Configuration) and the secrets that come from the environment: the admin
+//! key and the master key ([`Config::load_or_create_master_key`]).
+//!
+//! It never logs a secret, and [`Config`]'s Debug output shows none: client
+//! secrets are [`SecretString`]s, and the database and webhook URLs are
+//! shown without their credentials.
+//!
+//! Read next: `raw.rs` (the file's shape and the environment layer),
+//! `build.rs` (the rules), `key.rs` (secrets), `thermos.example.toml`.
+
+mod build;
+mod key;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use secrecy::SecretString;
+use thermos_core::plan::RefreshPolicy;
+use url::Url;
+
+use crate::provider::ProviderApp;
+
+pub use key::{KeySource, MASTER_KEY_ENV, MasterKeyError};
+
+/// Environment variable naming the configuration file when `--config` is not given.
+pub const CONFIG_ENV: &str = "THERMOS_CONFIG";
+/// Prefix of the `THERMOS_SECTION__KEY` override variables.
+pub const ENV_PREFIX: &str = "THERMOS_";
+/// Default listen address.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8080));
+/// Default database: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://thermos.db";
+/// File name of the master key when `security.master_key_file` is not set;
+/// it lives beside the SQLite database file.
+pub const DEFAULT_MASTER_KEY_FILE_NAME: &str = "thermos.key";
+/// Default name of the environment variable holding the admin API key.
+pub const DEFAULT_ADMIN_KEY_ENV: &str = "THERMOS_ADMIN_KEY";
+/// Default timeout of one request to a token endpoint.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default number of refreshes in flight across all providers.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 256;
+/// Default share of failed refreshes above which a run fails.
+pub const DEFAULT_FAILURE_THRESHOLD: f64 = 0.10;
+/// Default number of consecutive failures before an alert escalates.
+pub const DEFAULT_ESCALATE_AFTER: u32 = 3;
+
+/// The validated configuration of one Thermos instance.
+#[derive(Clone)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[database] url`: a `sqlite:` URL.
+    pub database_url: String,
+    /// `[security]`.
+    pub security: SecurityConfig,
+    /// `[refresh]`.
+    pub refresh: RefreshConfig,
+    /// `[[provider]]`, in file order; slugs are unique.
+    pub providers: Vec<ProviderApp>,
+    /// `[alerts]`, when the section is present.
+    pub alerts: Option<AlertsConfig>,
+    /// `[engine]`.
+    pub engine: EngineConfig,
+}
+
+/// `[server]`: where Thermos listens and how browsers reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// The public base URL (default `http://{listen}/`). Its path always ends
+    /// with `/`, so `public_url.join("oauth/callback")` keeps any prefix.
+    pub public_url: Url,
+}
+
+/// `[security]`: where the keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityConfig {
+    /// The master key file (used when `THERMOS_MASTER_KEY` is not set). By
+    /// default `thermos.key` beside the SQLite database file.
+    pub master_key_file: PathBuf,
+    /// Name of the environment variable holding the admin API key.
+    pub admin_key_env: String,
+    /// Whether webhooks may reach loopback and private addresses.
+    pub allow_private_targets: bool,
+}
+
+/// `[refresh]`: the refresh rules and the engine's limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshConfig {
+    /// Margin, retries, backoff and recovery.
+    pub policy: RefreshPolicy,
+    /// Timeout of one request to a token endpoint.
+    pub request_timeout: Duration,
+    /// Refreshes in flight across all providers (at least 1).
+    pub max_concurrency: u32,
+    /// A run fails when more than this share of its attempts fail, in (0, 1].
+    pub failure_threshold: f64,
+}
+
+/// `[alerts]`: the operators' webhook.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AlertsConfig {
+    /// Where alerts are posted (http or https). Its path often is a secret
+    /// (Slack), so Debug shows only the origin.
+    pub webhook_url: Url,
+    /// The payload shape.
+    pub format: AlertFormat,
+    /// Consecutive failures of a connection before an escalation (at least 1).
+    pub escalate_after: u32,
+    /// Alert on the first failure of a connection.
+    pub on_first_failure: bool,
+    /// Send the all-clear when a connection recovers.
+    pub on_recovery: bool,
+}
+
+/// The payload shape of alert webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlertFormat {
+    /// A Slack incoming-webhook message (`{"text": …}`).
+    #[default]
+    Slack,
+    /// The event as JSON.
+    Json,
+}
+
+impl AlertFormat {
+    /// Parses the configuration name (`slack` or `json`).
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "slack" => Some(Self::Slack),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// False for an API-only instance: it serves tokens and refreshes only on demand.
+    pub enabled: bool,
+}
+
+/// One configuration problem, named by its key (`refresh.margin`,
+/// `provider[1].token_url`) or, for a file that cannot be read, by the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key, as written in the file.
+    pub key: String,
+    /// What is wrong, lowercase.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` or `THERMOS_CONFIG` does not exist.
+    #[error("config file {} not found", path.display())]
+    NotFound {
+        /// The file that was asked for.
+        path: PathBuf,
+    },
+    /// The file or the environment is wrong; every problem found is listed,
+    /// one per line.
+    #[error("invalid configuration:{}", ProblemLines(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// The problems found (empty for [`ConfigError::NotFound`]).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            Self::NotFound { .. } => &[],
+            Self::Invalid(problems) => problems,
+        }
+    }
+}
+
+struct ProblemLines<'a>(&'a [Problem]);
+
+impl fmt::Display for ProblemLines<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for problem in self.0 {
+            let text = problem.to_string();
+            write!(f, "\n  {}", text.trim_end().replace('\n', "\n    "))?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Loads the configuration: the file at `path`, else the one named by
+    /// `THERMOS_CONFIG`, else none (all defaults); then the
+    /// `THERMOS_SECTION__KEY` overrides from the process environment.
+    /// `client_secret_env` variables are read from the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let env =
+            std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
+        Self::load_from(path, env)
+    }
+
+    /// [`Config::load`] with the environment given as a list of variables
+    /// instead of the process environment (for tests): it provides
+    /// `THERMOS_CONFIG`, the overrides and the `client_secret_env` variables.
+    ///
+    /// Only variables named `THERMOS_<SECTION>__<KEY>` override the file
+    /// (`THERMOS_REFRESH__MARGIN=10m`); their values are taken as text, never
+    /// guessed at (`0123` stays `0123`); an empty value counts as unset. An
+    /// override of an unknown section or key is an error naming the variable.
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = env.into_iter().collect();
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| env.get(CONFIG_ENV).filter(|p| !p.is_empty()).map(PathBuf::from));
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::NotFound { path });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let lookup = |name: &str| env.get(name).cloned();
+        load_layers(figment, raw::EnvOverrides::collect(&env), &lookup)
+    }
+
+    /// Parses TOML text alone, with no environment overrides (tests, the
+    /// demo). `client_secret_env` variables are read from the process
+    /// environment.
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        let lookup = |name: &str| std::env::var(name).ok();
+        load_layers(Figment::from(Toml::string(toml)), raw::EnvOverrides::default(), &lookup)
+    }
+
+    /// The provider app with this slug.
+    pub fn provider(&self, slug: &str) -> Option<&ProviderApp> {
+        self.providers.iter().find(|p| p.slug == slug)
+    }
+
+    /// The admin API key, from the environment variable named by
+    /// `security.admin_key_env`; `None` when unset or empty.
+    pub fn admin_key(&self) -> Option<SecretString> {
+        key::non_empty_secret(std::env::var(&self.security.admin_key_env).ok())
+    }
+}
+
+/// Merges the overrides over `figment`, extracts the raw shape and validates it.
+fn load_layers(
+    figment: Figment,
+    env: raw::EnvOverrides,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut problems = env.problems().to_vec();
+    let raw = match figment.merge(&env).extract::<raw::RawConfig>() {
+        Ok(raw) => raw,
+        Err(error) => {
+            problems.extend(raw::figment_problems(error, &env));
+            return Err(ConfigError::Invalid(problems));
+        }
+    };
+    match build::build(raw, lookup) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError::Invalid(problems)),
+        Err(found) => {
+            problems.extend(found.into_iter().map(|p| env.annotate(p)));
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+impl Default for Config {
+    /// The configuration with no file and no environment.
+    fn default() -> Self {
+        Self {
+            server: ServerConfig {
+                listen: DEFAULT_LISTEN,
+                public_url: build::default_public_url(DEFAULT_LISTEN),
+            },
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            security: SecurityConfig {
+                master_key_file: build::key_file_beside(DEFAULT_DATABASE_URL),
+                admin_key_env: DEFAULT_ADMIN_KEY_ENV.to_owned(),
+                allow_private_targets: false,
+            },
+            refresh: RefreshConfig {
+                policy: RefreshPolicy::default(),
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                max_concurrency: DEFAULT_MAX_CONCURRENCY,
+                failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            },
+            providers: Vec::new(),
+            alerts: None,
+            engine: EngineConfig { enabled: true },
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("server", &self.server)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("security", &self.security)
+            .field("refresh", &self.refresh)
+            .field("providers", &self.providers)
+            .field("alerts", &self.alerts)
+            .field("engine", &self.engine)
+            .finish()
+    }
+}
+
+impl fmt::Debug for AlertsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertsConfig")
+            .field(
+                "webhook_url",
+                &format!("{}/[redacted]", self.webhook_url.origin().ascii_serialization()),
+            )
+            .field("format", &self.format)
+            .field("escalate_after", &self.escalate_after)
+            .field("on_first_failure", &self.on_first_failure)
+            .field("on_recovery", &self.on_recovery)
+            .finish()
+    }
+}
+
+/// A database URL with its password, if any, replaced.
+fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            // Setting a password fails only for URLs that cannot have one,
+            // and this one has one.
+            let _ = url.set_password(Some("REDACTED"));
+            url.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+/// The annotated example configuration (`thermos.example.toml`): every key
+/// with its default, and a commented example provider.
+pub fn example_toml() -> &'static str {
+    include_str!("../../../../thermos.example.toml")
+}
