@@ -1,0 +1,281 @@
+//! `/v1/connections` handlers.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use secrecy::ExposeSecret;
+use thermos_core::id::{ConnectionId, is_valid_slug};
+use thermos_core::plan::{self, Jitter};
+use thermos_core::seal::Field;
+use thermos_core::status::ConnectionStatus;
+use thermos_store::{ConnectionFilter, ConnectionRecord, NewConnection, TokenUpdate};
+use time::OffsetDateTime;
+
+use super::AppState;
+use super::auth::Caller;
+use super::dto::{
+    AttemptView, AttemptsQuery, ConnectionPage, ConnectionView, CreateConnection, DataList, ListQuery, RefreshRequest,
+    ReplaceTokens, TokenInput, TokenQuery, TokenView,
+};
+use super::error::{ApiError, ErrorKind};
+use super::extract::{ApiJson, ApiQuery, OptionalJson, PathId};
+use crate::engine::{Engine, FreshToken, Trigger, truncate_ms};
+
+/// Default `min_ttl` of `GET …/token`, in seconds.
+pub const DEFAULT_MIN_TTL_SECS: u64 = 60;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+const MAX_EXTERNAL_ID: usize = 255;
+const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Longest token lifetime accepted at import (10 years).
+const MAX_EXPIRES_IN_SECS: i64 = 10 * 365 * 24 * 3600;
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateConnection>,
+) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
+    let (tokens, project, provider, external_id, metadata) = body.into_parts();
+    let project = caller.project_for(project.as_deref())?;
+    let mut problems = Vec::new();
+    if !is_valid_slug(&project) {
+        problems.push(format!("project: {project:?} is not a valid name (1-64 of a-z 0-9 - _ .)"));
+    }
+    let app = state.engine.provider(&provider);
+    if app.is_none() {
+        problems.push(format!("provider: {provider:?} is not a configured provider"));
+    }
+    if external_id.trim().is_empty() || external_id.len() > MAX_EXTERNAL_ID {
+        problems.push(format!("external_id: must be 1-{MAX_EXTERNAL_ID} characters"));
+    }
+    let metadata = metadata.unwrap_or_else(|| serde_json::json!({}));
+    if !metadata.is_object() {
+        problems.push("metadata: must be a JSON object".to_owned());
+    } else if metadata.to_string().len() > MAX_METADATA_BYTES {
+        problems.push(format!("metadata: larger than {MAX_METADATA_BYTES} bytes"));
+    }
+    let default_ttl = app.map(|a| a.default_ttl).unwrap_or(crate::provider::DEFAULT_TTL);
+    let now = truncate_ms(state.engine.now());
+    let lifetime = token_lifetime(&tokens, now, default_ttl, &mut problems);
+    if !problems.is_empty() {
+        return Err(ApiError::bad_request(problems.join("; ")));
+    }
+    let id = ConnectionId::generate();
+    let (issued_at, expires_at) = lifetime.expect("checked by problems");
+    let key = state.engine.key();
+    let new = NewConnection {
+        id,
+        project,
+        provider,
+        external_id,
+        access_token: key.seal(&id, Field::AccessToken, &tokens.access_token),
+        refresh_token: tokens.refresh_token.as_ref().map(|t| key.seal(&id, Field::RefreshToken, t)),
+        token_type: tokens.token_type.clone().unwrap_or_else(|| "Bearer".to_owned()),
+        scope: tokens.scope.clone(),
+        issued_at,
+        expires_at,
+        metadata,
+        next_refresh_at: plan_refresh(&state.engine, issued_at, expires_at),
+    };
+    let record = state.engine.store().insert_connection(new, now).await?;
+    tracing::info!(connection_id = %record.id, provider = %record.provider, "connection imported");
+    state.engine.wake();
+    Ok((StatusCode::CREATED, Json(ConnectionView::from(&record))))
+}
+
+pub async fn replace_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<ReplaceTokens>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let record = visible(&state, &caller, id).await?;
+    let tokens = TokenInput::from(body);
+    let default_ttl = state
+        .engine
+        .provider(&record.provider)
+        .map(|a| a.default_ttl)
+        .unwrap_or(crate::provider::DEFAULT_TTL);
+    let now = truncate_ms(state.engine.now());
+    let mut problems = Vec::new();
+    let lifetime = token_lifetime(&tokens, now, default_ttl, &mut problems);
+    if !problems.is_empty() {
+        return Err(ApiError::bad_request(problems.join("; ")));
+    }
+    let (issued_at, expires_at) = lifetime.expect("checked by problems");
+    let key = state.engine.key();
+    let update = TokenUpdate {
+        access_token: key.seal(&id, Field::AccessToken, &tokens.access_token),
+        refresh_token: tokens.refresh_token.as_ref().map(|t| key.seal(&id, Field::RefreshToken, t)),
+        token_type: tokens.token_type.clone().unwrap_or_else(|| "Bearer".to_owned()),
+        scope: tokens.scope.clone(),
+        issued_at,
+        expires_at,
+        next_refresh_at: plan_refresh(&state.engine, issued_at, expires_at),
+    };
+    let saved = state
+        .engine
+        .store()
+        .replace_tokens(id, update, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connection"))?;
+    tracing::info!(connection_id = %id, provider = %saved.provider, "tokens replaced");
+    state.engine.wake();
+    Ok(Json(ConnectionView::from(&saved)))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<ConnectionPage>, ApiError> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(raw) => Some(
+            ConnectionStatus::parse(raw)
+                .ok_or_else(|| ApiError::bad_request(format!("status: unknown status {raw:?}")))?,
+        ),
+    };
+    let after = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(ConnectionId::parse(raw).map_err(|_| ApiError::bad_request("cursor: not a valid cursor"))?),
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!("limit: must be 1-{MAX_PAGE}")));
+    }
+    let filter = ConnectionFilter { project: caller.project_filter(query.project)?, provider: query.provider, status };
+    let records = state.engine.store().list_connections(&filter, after, limit).await?;
+    let next_cursor = (records.len() as u32 == limit).then(|| records.last().map(|r| r.id.to_string())).flatten();
+    Ok(Json(ConnectionPage { data: records.iter().map(ConnectionView::from).collect(), next_cursor }))
+}
+
+pub async fn show(State(state): State<AppState>, caller: Caller, PathId(id): PathId) -> Result<Json<ConnectionView>, ApiError> {
+    let record = visible(&state, &caller, id).await?;
+    Ok(Json(ConnectionView::from(&record)))
+}
+
+pub async fn delete(State(state): State<AppState>, caller: Caller, PathId(id): PathId) -> Result<StatusCode, ApiError> {
+    visible(&state, &caller, id).await?;
+    if state.engine.store().delete_connection(id).await? {
+        tracing::info!(connection_id = %id, "connection deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("connection"))
+    }
+}
+
+pub async fn token(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    ApiQuery(query): ApiQuery<TokenQuery>,
+) -> Result<Json<TokenView>, ApiError> {
+    visible(&state, &caller, id).await?;
+    let min_ttl = Duration::from_secs(query.min_ttl.unwrap_or(DEFAULT_MIN_TTL_SECS));
+    let token = state.engine.fresh_token(id, min_ttl).await?;
+    hand_out(&state.engine, token)
+}
+
+pub async fn refresh(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    OptionalJson(body): OptionalJson<RefreshRequest>,
+) -> Result<Json<TokenView>, ApiError> {
+    visible(&state, &caller, id).await?;
+    let rejected = body.and_then(|b| b.rejected_token);
+    let token = state
+        .engine
+        .replace_rejected(id, rejected.as_ref().map(|t| t.expose_secret()))
+        .await?;
+    hand_out(&state.engine, token)
+}
+
+pub async fn reset(State(state): State<AppState>, caller: Caller, PathId(id): PathId) -> Result<Json<ConnectionView>, ApiError> {
+    visible(&state, &caller, id).await?;
+    let now = truncate_ms(state.engine.now());
+    state
+        .engine
+        .store()
+        .reset_connection(id, now)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connection"))?;
+    tracing::info!(connection_id = %id, "connection reset");
+    // The outcome is on the connection (status, last_error); a failed refresh is not an API error here.
+    let _ = state.engine.refresh_now(id, Trigger::Reset).await;
+    let record = visible(&state, &caller, id).await?;
+    Ok(Json(ConnectionView::from(&record)))
+}
+
+pub async fn attempts(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    ApiQuery(query): ApiQuery<AttemptsQuery>,
+) -> Result<Json<DataList<AttemptView>>, ApiError> {
+    visible(&state, &caller, id).await?;
+    let limit = query.limit.unwrap_or(thermos_store::ATTEMPTS_KEPT_PER_CONNECTION).clamp(1, 1000);
+    let attempts = state.engine.store().list_attempts(id, limit).await?;
+    Ok(Json(DataList { data: attempts.iter().map(AttemptView::from).collect() }))
+}
+
+/// The connection if the caller may see it; another project's is a 404.
+async fn visible(state: &AppState, caller: &Caller, id: ConnectionId) -> Result<ConnectionRecord, ApiError> {
+    match state.engine.store().get_connection(id).await? {
+        Some(record) if caller.may_see(&record) => Ok(record),
+        _ => Err(ApiError::not_found("connection")),
+    }
+}
+
+/// Builds the token body; refuses (and never sends) an expired token.
+fn hand_out(engine: &Engine, token: FreshToken) -> Result<Json<TokenView>, ApiError> {
+    let now = engine.now();
+    let expires_in = (token.expires_at - now).whole_seconds();
+    if token.expires_at <= now {
+        tracing::error!("refusing to hand out an expired token");
+        return Err(ApiError::new(ErrorKind::Unavailable, "the token expired and could not be refreshed yet"));
+    }
+    Ok(Json(TokenView {
+        access_token: token.access_token.expose_secret().to_owned(),
+        token_type: token.token_type,
+        expires_at: token.expires_at,
+        expires_in,
+        scope: token.scope,
+    }))
+}
+
+/// (issued_at, expires_at) of tokens handed in, or a problem noted.
+fn token_lifetime(
+    tokens: &TokenInput,
+    now: OffsetDateTime,
+    default_ttl: Duration,
+    problems: &mut Vec<String>,
+) -> Option<(OffsetDateTime, OffsetDateTime)> {
+    if tokens.access_token.expose_secret().is_empty() {
+        problems.push("access_token: must not be empty".to_owned());
+    }
+    if tokens.refresh_token.as_ref().is_some_and(|t| t.expose_secret().is_empty()) {
+        problems.push("refresh_token: must not be empty when given".to_owned());
+    }
+    let expires_at = match (tokens.expires_in, tokens.expires_at) {
+        (Some(_), Some(_)) => {
+            problems.push("expires_in, expires_at: give one of them, not both".to_owned());
+            return None;
+        }
+        (Some(secs), None) if !(1..=MAX_EXPIRES_IN_SECS).contains(&secs) => {
+            problems.push(format!("expires_in: must be 1-{MAX_EXPIRES_IN_SECS} seconds"));
+            return None;
+        }
+        (Some(secs), None) => now + Duration::from_secs(secs as u64),
+        (None, Some(at)) => truncate_ms(at.to_offset(time::UtcOffset::UTC)),
+        (None, None) => now + default_ttl,
+    };
+    Some((now, expires_at))
+}
+
+fn plan_refresh(engine: &Engine, issued_at: OffsetDateTime, expires_at: OffsetDateTime) -> OffsetDateTime {
+    truncate_ms(plan::next_refresh_at(issued_at, expires_at, engine.settings().policy.margin, Jitter::random()))
+}

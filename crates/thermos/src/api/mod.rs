@@ -1,0 +1,131 @@
+//! The HTTP API (v1) of DESIGN.md, on axum.
+//!
+//! Handlers parse requests into domain types at the edge ([`dto`]), ask the
+//! engine or the store, and answer with DTOs or an [`error::ApiError`]. No
+//! handler changes tokens by itself: refreshes go through the engine. No
+//! response, log line or error carries a token except the token endpoints'
+//! bodies.
+//!
+//! Read next: `connections.rs` (the handlers), `auth.rs` (who is calling).
+
+mod auth;
+mod connections;
+pub mod dto;
+pub mod error;
+mod extract;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use secrecy::SecretString;
+use serde_json::json;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tracing::Instrument;
+
+use crate::engine::Engine;
+use error::{ApiError, REQUEST_ID};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub admin_key: Option<Arc<SecretString>>,
+    /// False once the engine's loop has stopped unexpectedly.
+    pub engine_alive: Arc<AtomicBool>,
+}
+
+/// The full router: `/v1/…`, `/health`, `/ready`.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/connections", post(connections::create).get(connections::list))
+        .route("/connections/{id}", get(connections::show).delete(connections::delete))
+        .route("/connections/{id}/tokens", put(connections::replace_tokens))
+        .route("/connections/{id}/token", get(connections::token))
+        .route("/connections/{id}/refresh", post(connections::refresh))
+        .route("/connections/{id}/reset", post(connections::reset))
+        .route("/connections/{id}/attempts", get(connections::attempts));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_context))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([axum::http::header::AUTHORIZATION]))
+}
+
+/// Puts the request id where error bodies and log lines find it, and logs
+/// one line per request.
+async fn request_context(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let started = Instant::now();
+    let response = REQUEST_ID
+        .scope(request_id.clone(), next.run(request).instrument(span.clone()))
+        .await;
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(
+            http.method = %method,
+            http.route = %route,
+            http.status = status,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "request"
+        )
+    });
+    response
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let mut reasons = Vec::new();
+    if let Err(e) = state.engine.store().ping().await {
+        reasons.push(format!("database: {e}"));
+    }
+    if !state.engine_alive.load(Ordering::Relaxed) {
+        reasons.push("engine: the refresh loop is not running".to_owned());
+    }
+    if reasons.is_empty() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reasons": reasons}))).into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::bad_request("method not allowed on this route")
+}

@@ -1,0 +1,162 @@
+//! Building and running a Thermos instance: open the store, load the key,
+//! bind the listener (before anything runs, so the address is known), then
+//! serve the API and drive the engine until shutdown.
+//!
+//! Shutdown: one cancellation token. The API stops accepting requests, the
+//! scheduler stops claiming work, and refreshes already sent to a provider
+//! finish and persist within a grace period; any lease left behind expires.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::SecretString;
+use thermos_core::clock::{Clock, SystemClock};
+use thermos_core::seal::MasterKey;
+use thermos_store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::engine::{Engine, EngineSettings};
+use crate::provider::RefreshClient;
+
+/// Extra time given to refreshes in flight at shutdown, beyond the request timeout.
+const SHUTDOWN_GRACE_EXTRA: Duration = Duration::from_secs(5);
+
+/// Opens the configured store and applies migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = SqliteStore::open(&config.database_url)
+        .await
+        .with_context(|| format!("open database {}", config.database_url))?;
+    store.migrate().await.context("apply database migrations")?;
+    Ok(Arc::new(store))
+}
+
+/// A unique lease-owner name for this process.
+pub fn instance_name() -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("thermos-{}-{}", std::process::id(), &id[id.len() - 8..])
+}
+
+/// A built, bound, not yet running instance.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    engine: Engine,
+    state: AppState,
+    engine_enabled: bool,
+    grace: Duration,
+}
+
+impl Application {
+    /// Builds everything from `config` and binds the listener.
+    pub async fn build(
+        config: &Config,
+        key: MasterKey,
+        admin_key: Option<SecretString>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let store = open_store(config).await?;
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("listen on {}", config.server.listen))?;
+        let settings = EngineSettings {
+            policy: config.refresh.policy.clone(),
+            max_concurrency: config.refresh.max_concurrency,
+            request_timeout: config.refresh.request_timeout,
+            owner: instance_name(),
+        };
+        let client = RefreshClient::new(config.refresh.request_timeout);
+        let engine = Engine::new(store, Arc::new(key), config.providers.clone(), client, clock, settings);
+        let state = AppState {
+            engine: engine.clone(),
+            admin_key: admin_key.map(Arc::new),
+            engine_alive: Arc::new(AtomicBool::new(true)),
+        };
+        Ok(Self {
+            listener,
+            engine,
+            state,
+            engine_enabled: config.engine.enabled,
+            grace: config.refresh.request_timeout + SHUTDOWN_GRACE_EXTRA,
+        })
+    }
+
+    /// The address the API listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The engine (for tests and the demo).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Serves until `shutdown` completes, then stops gracefully.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let cancel = CancellationToken::new();
+        let engine_task = if self.engine_enabled {
+            let engine = self.engine.clone();
+            let alive = Arc::clone(&self.state.engine_alive);
+            let cancel = cancel.clone();
+            Some(tokio::spawn(async move {
+                engine.drive(cancel).await;
+                alive.store(false, Ordering::Relaxed);
+            }))
+        } else {
+            None
+        };
+        let router = api::router(self.state.clone());
+        let server_cancel = cancel.clone();
+        tracing::info!(listen = %self.local_addr(), engine = self.engine_enabled, "thermos is serving");
+        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = server_cancel.cancelled() => {}
+            }
+        });
+        let result = serve.await.context("serve HTTP");
+        cancel.cancel();
+        if let Some(task) = engine_task {
+            let _ = task.await;
+        }
+        if !self.engine.wait_idle(self.grace).await {
+            tracing::warn!("refreshes still in flight at shutdown; their leases will expire");
+        }
+        tracing::info!("thermos stopped");
+        result
+    }
+}
+
+/// The system clock, shared.
+pub fn system_clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,116 @@
+//! The command line: `serve`, `migrate`, `keys`, `connections`, `demo`,
+//! `config`. Arguments are parsed into validated values here, once; each
+//! command then works on the store directly (no running server needed).
+
+mod connections;
+mod keys;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::app::{self, Application};
+use crate::config::{Config, KeySource};
+
+/// Thermos keeps OAuth tokens warm.
+#[derive(Debug, Parser)]
+#[command(name = "thermos", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: $THERMOS_CONFIG, else built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API and the refresh engine.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage project API keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Inspect connections.
+    #[command(subcommand)]
+    Connections(connections::ConnectionsCommand),
+    /// Run Thermos against a built-in test provider on loopback and report.
+    Demo(crate::demo::DemoArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print an annotated configuration file with every default.
+    Example,
+    /// Load and validate the configuration, then print it (secrets redacted).
+    Check,
+}
+
+/// Parses the process arguments and runs the command.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(dispatch(cli))
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Demo(args) = cli.command {
+        return crate::demo::run(args).await;
+    }
+    if let Command::Config(ConfigCommand::Example) = cli.command {
+        print!("{}", crate::config::example_toml());
+        return Ok(());
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            app::open_store(&config).await?;
+            println!("database {} is up to date", config.database_url);
+            Ok(())
+        }
+        Command::Keys(command) => keys::run(&config, command).await,
+        Command::Connections(command) => connections::run(&config, command).await,
+        Command::Config(ConfigCommand::Check) => {
+            println!("{config:#?}");
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Example) | Command::Demo(_) => unreachable!("handled above"),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    crate::telemetry::init(std::io::stdout);
+    let (key, source) = config.load_or_create_master_key()?;
+    if let KeySource::Generated(path) = &source {
+        tracing::warn!(
+            path = %path.display(),
+            "GENERATED A NEW MASTER KEY at {}: back it up now; without it the stored tokens cannot be decrypted. \
+             In production set THERMOS_MASTER_KEY or security.master_key_file.",
+            path.display()
+        );
+    }
+    let admin_key = config.admin_key();
+    if admin_key.is_none() {
+        tracing::warn!(
+            variable = %config.security.admin_key_env,
+            "no admin key set: only project keys (thermos keys create) can use the API"
+        );
+    }
+    let application = Application::build(&config, key, admin_key, app::system_clock()).await?;
+    application.run_until(app::shutdown_signal()).await
+}
+
+/// Parses a human duration (`30s`, `2m`, `1h 30m`).
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|e| format!("invalid duration {raw:?}: {e}"))
+}

@@ -1,0 +1,206 @@
+//! The refresh engine: the scheduler that keeps every token fresh, and the
+//! single-flight refresh that on-demand callers share.
+//!
+//! Only the engine changes tokens. It never sends one refresh token twice at
+//! once: in this process a refresh of a connection is one shared future
+//! ([`flight`]); across processes the store's lease decides who may refresh.
+//! The new refresh token is committed before the new access token is handed
+//! to anyone ([`refresh`]). Time comes from the injected [`Clock`].
+//!
+//! Read next: `refresh.rs` (one refresh, start to finish), `scheduler.rs`
+//! (the due-time loop), `token.rs` (on-demand tokens).
+
+mod flight;
+mod refresh;
+mod scheduler;
+mod stats;
+mod token;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thermos_core::clock::Clock;
+use thermos_core::id::ConnectionId;
+use thermos_core::plan::RefreshPolicy;
+use thermos_core::seal::MasterKey;
+use thermos_store::Store;
+use time::OffsetDateTime;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::provider::{ProviderApp, RefreshClient};
+
+pub use flight::FlightResult;
+pub use scheduler::NextWake;
+pub use stats::{EngineStats, StatsSnapshot};
+pub use token::{FreshToken, TokenError};
+
+/// Most connections claimed by one scheduler tick.
+pub const CLAIM_BATCH: u32 = 64;
+/// Longest the scheduler sleeps without looking at the store again.
+pub const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// Why a refresh was started; recorded with every attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// The connection came due.
+    Scheduled,
+    /// A caller asked for a token that was too close to expiry.
+    OnDemand,
+    /// `POST …/refresh` (with or without a rejected token).
+    Forced,
+    /// `POST …/reset`.
+    Reset,
+}
+
+impl Trigger {
+    /// The recorded name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::OnDemand => "on_demand",
+            Self::Forced => "forced",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// What the engine needs, fixed at start.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub policy: RefreshPolicy,
+    /// Refreshes in flight at once, across all providers.
+    pub max_concurrency: u32,
+    /// Per-request timeout at the token endpoint.
+    pub request_timeout: Duration,
+    /// This instance's lease-owner name.
+    pub owner: String,
+}
+
+impl EngineSettings {
+    /// How long a lease lasts: longer than any refresh can take, so that
+    /// only a dead worker's lease ever expires.
+    pub fn lease_ttl(&self) -> Duration {
+        self.request_timeout + Duration::from_secs(60)
+    }
+}
+
+/// The refresh engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    key: Arc<MasterKey>,
+    providers: HashMap<String, ProviderApp>,
+    client: RefreshClient,
+    clock: Arc<dyn Clock>,
+    settings: EngineSettings,
+    permits: Arc<Semaphore>,
+    flights: flight::Flights,
+    wake: Notify,
+    tasks: TaskTracker,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// Builds an engine; nothing runs until [`Engine::drive`] or a token call.
+    pub fn new(
+        store: Arc<dyn Store>,
+        key: Arc<MasterKey>,
+        providers: Vec<ProviderApp>,
+        client: RefreshClient,
+        clock: Arc<dyn Clock>,
+        settings: EngineSettings,
+    ) -> Self {
+        let permits = Arc::new(Semaphore::new(settings.max_concurrency.max(1) as usize));
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                key,
+                providers: providers.into_iter().map(|p| (p.slug.clone(), p)).collect(),
+                client,
+                clock,
+                settings,
+                permits,
+                flights: flight::Flights::default(),
+                wake: Notify::new(),
+                tasks: TaskTracker::new(),
+                stats: EngineStats::default(),
+            }),
+        }
+    }
+
+    /// Wakes the scheduler early (after an import, a reset, new tokens).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// The clock the engine reads.
+    pub fn now(&self) -> OffsetDateTime {
+        self.inner.clock.now()
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// The configured provider app with this slug.
+    pub fn provider(&self, slug: &str) -> Option<&ProviderApp> {
+        self.inner.providers.get(slug)
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &MasterKey {
+        &self.inner.key
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The refresh rules in force.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
+    /// Refreshes in flight (scheduled and on demand) right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.flights.len()
+    }
+
+    /// Waits until every spawned refresh has finished (after cancellation).
+    pub async fn wait_idle(&self, grace: Duration) -> bool {
+        self.inner.tasks.close();
+        tokio::time::timeout(grace, self.inner.tasks.wait()).await.is_ok()
+    }
+
+    /// Runs `id`'s refresh now unless one is in flight, in which case it
+    /// joins it; used by reset and forced refreshes.
+    pub async fn refresh_now(&self, id: ConnectionId, trigger: Trigger) -> FlightResult {
+        flight::refresh_shared(&self.inner, id, trigger).await
+    }
+}
+
+pub use refresh::{error_chain, truncate_ms};
+
+impl Engine {
+    /// Waits (bounded by `within`) until no refresh is in flight; true if
+    /// that happened. For tests and the demo's shutdown.
+    pub async fn settle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.inner.flights.len() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
+    }
+}

@@ -1,0 +1,345 @@
+//! One refresh, start to finish: claim, call the token endpoint, classify,
+//! and commit the outcome in one store transition.
+//!
+//! Invariants kept here:
+//! - the rotated refresh token is committed (compare-and-swap on the
+//!   version) before the new access token is returned to anyone;
+//! - `invalid_grant` only marks the grant dead after checking that no other
+//!   refresh changed the tokens since this attempt began (a lost race is not
+//!   a dead grant);
+//! - nothing logged or recorded here contains a token.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use secrecy::SecretString;
+use thermos_core::oauth::{RefreshOutcome, TokenGrant};
+use thermos_core::plan::{self, Jitter};
+use thermos_core::seal::Field;
+use thermos_core::status::ConnectionStatus;
+use thermos_store::{Claim, ConnectionRecord, FailureUpdate, FinishOutcome, LastError, NewAttempt, TokenUpdate};
+use time::OffsetDateTime;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{info, warn};
+
+use super::flight::{Flight, FlightResult, RefreshFailure};
+use super::token::FreshToken;
+use super::{Inner, Trigger};
+
+/// Claims `id`'s lease (waiting for a global permit first), then refreshes.
+pub(super) async fn claim_and_refresh(inner: &Arc<Inner>, id: thermos_core::id::ConnectionId, trigger: Trigger) -> FlightResult {
+    let permit = Arc::clone(&inner.permits)
+        .acquire_owned()
+        .await
+        .map_err(|_| RefreshFailure::Internal("engine is shutting down".into()))?;
+    let now = inner.clock.now();
+    let lease_until = now + inner.settings.lease_ttl();
+    let claim = inner
+        .store
+        .claim_connection(id, &inner.settings.owner, now, lease_until)
+        .await
+        .map_err(|e| store_failure("claim connection", &e))?;
+    match claim {
+        Claim::NotFound => Err(RefreshFailure::NotFound),
+        Claim::Busy { lease_until } => Ok(Flight::Busy { lease_until }),
+        Claim::Claimed(record) if !record.status.is_scheduled() => {
+            release(inner, &record, record.next_refresh_at.unwrap_or(now)).await;
+            Err(not_refreshable(&record))
+        }
+        Claim::Claimed(record) => refresh_claimed(inner, record, trigger, permit).await,
+    }
+}
+
+/// Refreshes a connection whose lease this instance holds.
+pub(super) async fn refresh_claimed(
+    inner: &Arc<Inner>,
+    record: ConnectionRecord,
+    trigger: Trigger,
+    _permit: OwnedSemaphorePermit,
+) -> FlightResult {
+    let started_at = inner.clock.now();
+    let started = Instant::now();
+    let Some(app) = inner.providers.get(&record.provider) else {
+        let failure = Failure::local("provider_not_configured", format!("provider {} is not configured", record.provider));
+        return fail(inner, &record, trigger, started_at, started, failure).await;
+    };
+    let Some(sealed_refresh) = &record.refresh_token else {
+        let failure = Failure::permanent("no_refresh_token", "the connection has no refresh token; the user must reconnect");
+        return fail(inner, &record, trigger, started_at, started, failure).await;
+    };
+    let refresh_token = match inner.key.open(&record.id, Field::RefreshToken, sealed_refresh) {
+        Ok(token) => token,
+        Err(e) => {
+            let failure = Failure::local("unreadable_token", format!("stored refresh token cannot be opened: {e}"));
+            return fail(inner, &record, trigger, started_at, started, failure).await;
+        }
+    };
+
+    let outcome = inner.client.refresh(app, &refresh_token, inner.clock.as_ref()).await;
+    match outcome {
+        RefreshOutcome::Refreshed(grant) => commit(inner, &record, trigger, started_at, started, grant).await,
+        RefreshOutcome::InvalidGrant(_) if lost_race(inner, &record).await => {
+            inner.stats.superseded();
+            let attempt = attempt(trigger, started_at, started, "superseded", Some("invalid_grant"), outcome.http_status());
+            let _ = inner
+                .store
+                .record_failure(record.id, -1, failure_update_unused(started_at), attempt)
+                .await;
+            info!(connection_id = %record.id, "invalid_grant after another refresh won; not a dead grant");
+            Ok(Flight::Superseded)
+        }
+        RefreshOutcome::InvalidGrant(_) => {
+            let failure = Failure::from_outcome(&outcome, true);
+            fail(inner, &record, trigger, started_at, started, failure).await
+        }
+        _ => {
+            let failure = Failure::from_outcome(&outcome, false);
+            fail(inner, &record, trigger, started_at, started, failure).await
+        }
+    }
+}
+
+/// Seals and commits a successful refresh, then builds the token to hand out.
+async fn commit(
+    inner: &Arc<Inner>,
+    record: &ConnectionRecord,
+    trigger: Trigger,
+    started_at: OffsetDateTime,
+    started: Instant,
+    grant: TokenGrant,
+) -> FlightResult {
+    let issued_at = truncate_ms(inner.clock.now());
+    let expires_at = truncate_ms(issued_at + grant.expires_in);
+    let next_refresh_at = truncate_ms(plan::next_refresh_at(
+        issued_at,
+        expires_at,
+        inner.settings.policy.margin,
+        Jitter::random(),
+    ));
+    for warning in &grant.warnings {
+        warn!(connection_id = %record.id, provider = %record.provider, "token response: {warning}");
+    }
+    let update = TokenUpdate {
+        access_token: inner.key.seal(&record.id, Field::AccessToken, &grant.access_token),
+        refresh_token: grant
+            .refresh_token
+            .as_ref()
+            .map(|rt| inner.key.seal(&record.id, Field::RefreshToken, rt)),
+        token_type: grant.token_type.clone(),
+        scope: grant.scope.clone(),
+        issued_at,
+        expires_at,
+        next_refresh_at,
+    };
+    let attempt = attempt(trigger, started_at, started, "refreshed", None, Some(200));
+    match inner.store.finish_refresh(record.id, record.version, update, attempt).await {
+        Ok(FinishOutcome::Committed(saved)) => {
+            inner.stats.refreshed();
+            info!(
+                connection_id = %record.id,
+                provider = %record.provider,
+                trigger = trigger.as_str(),
+                duration_ms = started.elapsed().as_millis() as u64,
+                rotated = grant.refresh_token.is_some(),
+                "refreshed"
+            );
+            Ok(Flight::Refreshed(FreshToken {
+                access_token: grant.access_token,
+                token_type: saved.token_type,
+                scope: saved.scope,
+                issued_at: saved.issued_at,
+                expires_at: saved.expires_at,
+            }))
+        }
+        Ok(FinishOutcome::VersionChanged) => {
+            inner.stats.superseded();
+            info!(connection_id = %record.id, "tokens changed during the refresh (reconnect?); keeping the newer ones");
+            Ok(Flight::Superseded)
+        }
+        Err(e) => Err(store_failure("commit refresh", &e)),
+    }
+}
+
+/// Re-reads the connection after an `invalid_grant`: if its tokens changed
+/// since the attempt began, another refresh won the race.
+async fn lost_race(inner: &Arc<Inner>, record: &ConnectionRecord) -> bool {
+    match inner.store.get_connection(record.id).await {
+        Ok(Some(now)) => now.version != record.version || now.refresh_token != record.refresh_token,
+        Ok(None) => true,
+        Err(e) => {
+            warn!(connection_id = %record.id, error.message = %e, "re-read after invalid_grant failed; treating the grant as dead");
+            false
+        }
+    }
+}
+
+/// A failed attempt, ready to be recorded.
+struct Failure {
+    code: String,
+    message: String,
+    http_status: Option<u16>,
+    retry_after: Option<std::time::Duration>,
+    permanent: bool,
+}
+
+impl Failure {
+    fn local(code: &str, message: String) -> Self {
+        Self { code: code.into(), message, http_status: None, retry_after: None, permanent: false }
+    }
+
+    fn permanent(code: &str, message: &str) -> Self {
+        Self { code: code.into(), message: message.into(), http_status: None, retry_after: None, permanent: true }
+    }
+
+    fn from_outcome(outcome: &RefreshOutcome, permanent: bool) -> Self {
+        let retry_after = match outcome {
+            RefreshOutcome::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        Self {
+            code: outcome.error_code().unwrap_or("unknown").to_owned(),
+            message: outcome.message(),
+            http_status: outcome.http_status(),
+            retry_after,
+            permanent,
+        }
+    }
+}
+
+/// Records a failure: `needs_reauth` when permanent, else the backoff ladder.
+async fn fail(
+    inner: &Arc<Inner>,
+    record: &ConnectionRecord,
+    trigger: Trigger,
+    started_at: OffsetDateTime,
+    started: Instant,
+    failure: Failure,
+) -> FlightResult {
+    let now = truncate_ms(inner.clock.now());
+    let failures = record.consecutive_failures.saturating_add(1);
+    let (status, next_refresh_at, entered_recovery) = if failure.permanent {
+        (ConnectionStatus::NeedsReauth, None, false)
+    } else {
+        let plan = plan::after_transient_failure(&inner.settings.policy, failures, now, failure.retry_after, Jitter::random());
+        (plan.status, Some(truncate_ms(plan.next_attempt_at)), plan.entered_recovery)
+    };
+    let update = FailureUpdate {
+        status,
+        consecutive_failures: failures,
+        last_error: LastError {
+            code: failure.code.clone(),
+            message: failure.message.clone(),
+            http_status: failure.http_status,
+            at: now,
+        },
+        next_refresh_at,
+    };
+    let attempt = attempt(trigger, started_at, started, "failed", Some(&failure.code), failure.http_status);
+    inner.stats.failed();
+    if failure.permanent {
+        inner.stats.needs_reauth();
+    }
+    warn!(
+        connection_id = %record.id,
+        provider = %record.provider,
+        trigger = trigger.as_str(),
+        error.code = %failure.code,
+        error.message = %failure.message,
+        http_status = failure.http_status,
+        consecutive_failures = failures,
+        status = status.as_str(),
+        entered_recovery,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "refresh failed"
+    );
+    inner
+        .store
+        .record_failure(record.id, record.version, update, attempt)
+        .await
+        .map_err(|e| store_failure("record failure", &e))?;
+    Err(if failure.permanent {
+        RefreshFailure::NeedsReauth { code: failure.code, message: failure.message }
+    } else {
+        RefreshFailure::Failed {
+            code: failure.code,
+            message: failure.message,
+            http_status: failure.http_status,
+            retry_after: failure.retry_after,
+        }
+    })
+}
+
+/// A failure update that is never applied (its version check cannot match);
+/// used to record an attempt without touching the connection.
+fn failure_update_unused(at: OffsetDateTime) -> FailureUpdate {
+    FailureUpdate {
+        status: ConnectionStatus::Failing,
+        consecutive_failures: 0,
+        last_error: LastError { code: String::new(), message: String::new(), http_status: None, at },
+        next_refresh_at: None,
+    }
+}
+
+async fn release(inner: &Arc<Inner>, record: &ConnectionRecord, next_refresh_at: OffsetDateTime) {
+    if let Err(e) = inner.store.release_lease(record.id, &inner.settings.owner, next_refresh_at).await {
+        warn!(connection_id = %record.id, error.message = %e, "releasing a lease failed; it will expire");
+    }
+}
+
+fn not_refreshable(record: &ConnectionRecord) -> RefreshFailure {
+    match (record.status, &record.last_error) {
+        (ConnectionStatus::NeedsReauth, Some(e)) => RefreshFailure::NeedsReauth { code: e.code.clone(), message: e.message.clone() },
+        (ConnectionStatus::NeedsReauth, None) => RefreshFailure::NeedsReauth {
+            code: "needs_reauth".into(),
+            message: "the user must reconnect".into(),
+        },
+        (status, _) => RefreshFailure::NotRefreshable { status },
+    }
+}
+
+fn attempt(
+    trigger: Trigger,
+    started_at: OffsetDateTime,
+    started: Instant,
+    outcome: &str,
+    error_code: Option<&str>,
+    http_status: Option<u16>,
+) -> NewAttempt {
+    NewAttempt {
+        started_at: truncate_ms(started_at),
+        trigger: trigger.as_str().into(),
+        outcome: outcome.into(),
+        error_code: error_code.map(Into::into),
+        http_status,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+fn store_failure(context: &str, error: &thermos_store::StoreError) -> RefreshFailure {
+    tracing::error!(error.message = %error, error.chain = %error_chain(error), "{context}");
+    RefreshFailure::Internal(format!("{context}: {error}"))
+}
+
+/// The `: `-joined chain of an error's sources.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    chain
+}
+
+/// Timestamps are stored at millisecond precision; truncate before storing
+/// so what is handed out equals what is read back.
+pub fn truncate_ms(t: OffsetDateTime) -> OffsetDateTime {
+    let nanos = t.nanosecond();
+    t.replace_nanosecond(nanos - nanos % 1_000_000).unwrap_or(t)
+}
+
+/// Opens the stored access token of a record.
+pub(super) fn open_access(inner: &Inner, record: &ConnectionRecord) -> Result<SecretString, thermos_core::seal::SealError> {
+    inner.key.open(&record.id, Field::AccessToken, &record.access_token)
+}

@@ -1,0 +1,104 @@
+//! The due-time scheduler: one dumb loop. [`Engine::tick`] claims one batch
+//! of due connections and starts their refreshes; [`Engine::drive`] sleeps
+//! until the next due time, wakes early on a notify, stops on cancel.
+//!
+//! It never scans the whole table: "what is due" and "when is the next one
+//! due" are index range lookups in the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use super::{CLAIM_BATCH, Engine, MAX_IDLE, Trigger, flight};
+
+/// When the scheduler should look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextWake {
+    /// More work is due already.
+    Now,
+    /// The earliest due time of the remaining work.
+    At(OffsetDateTime),
+    /// Every refresh permit is taken; wait for one.
+    Saturated,
+    /// Nothing scheduled.
+    Idle,
+}
+
+impl Engine {
+    /// One scheduler step at `now`: claims up to one batch of due
+    /// connections (no more than there are free permits) and starts a
+    /// refresh for each.
+    pub async fn tick(&self, now: OffsetDateTime) -> Result<NextWake, thermos_store::StoreError> {
+        let inner = &self.inner;
+        let free = inner.permits.available_permits() as u32;
+        if free == 0 {
+            return Ok(NextWake::Saturated);
+        }
+        let limit = free.min(CLAIM_BATCH);
+        let lease_until = now + inner.settings.lease_ttl();
+        let claimed = inner.store.claim_due(&inner.settings.owner, now, lease_until, limit).await?;
+        let batch_full = claimed.len() as u32 == limit;
+        for record in claimed {
+            let planned = record.next_refresh_at.unwrap_or(now);
+            let lateness_ms = Duration::try_from(now - planned).unwrap_or_default().as_millis() as u64;
+            match Arc::clone(&inner.permits).try_acquire_owned() {
+                Ok(permit) => {
+                    inner.stats.scheduled_start(lateness_ms);
+                    flight::start_claimed(inner, record, permit, Trigger::Scheduled);
+                }
+                Err(_) => {
+                    // An on-demand refresh took the permit meanwhile: hand the connection back.
+                    if let Err(e) = inner.store.release_lease(record.id, &inner.settings.owner, planned).await {
+                        warn!(connection_id = %record.id, error.message = %e, "releasing a lease failed; it will expire");
+                    }
+                }
+            }
+        }
+        if batch_full {
+            return Ok(NextWake::Now);
+        }
+        Ok(match inner.store.next_due_at().await? {
+            Some(at) if at <= now => NextWake::Now,
+            Some(at) => NextWake::At(at),
+            None => NextWake::Idle,
+        })
+    }
+
+    /// Runs the scheduler until `cancel` fires.
+    pub async fn drive(&self, cancel: CancellationToken) {
+        let mut store_errors = 0u32;
+        loop {
+            let wake = match self.tick(self.now()).await {
+                Ok(wake) => {
+                    store_errors = 0;
+                    wake
+                }
+                Err(e) => {
+                    store_errors += 1;
+                    error!(error.message = %e, error.chain = %super::refresh::error_chain(&e), "scheduler tick failed");
+                    NextWake::At(self.now() + Duration::from_millis(100 * u64::from(store_errors.min(50))))
+                }
+            };
+            let pause = match wake {
+                NextWake::Now => continue_after_yield(),
+                NextWake::At(at) => Duration::try_from(at - self.now()).unwrap_or_default().min(MAX_IDLE),
+                NextWake::Idle | NextWake::Saturated => MAX_IDLE,
+            };
+            let permits = Arc::clone(&self.inner.permits);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = permits.acquire(), if wake == NextWake::Saturated => {}
+            }
+        }
+    }
+}
+
+/// No pause: loop at once (the select still lets cancellation through).
+fn continue_after_yield() -> Duration {
+    Duration::ZERO
+}

@@ -1,0 +1,201 @@
+//! Fresh tokens on demand: hand out the stored token when it is valid long
+//! enough, else refresh first (joining any refresh in flight).
+//!
+//! Never hands out a token the store knows to be expired.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+use thermos_core::id::ConnectionId;
+use thermos_core::plan;
+use thermos_core::status::ConnectionStatus;
+use thermos_store::ConnectionRecord;
+use time::OffsetDateTime;
+
+use super::flight::{Flight, RefreshFailure, refresh_shared};
+use super::refresh::open_access;
+use super::{Engine, Trigger};
+
+/// How often a caller re-reads a connection while another worker holds its lease.
+const BUSY_POLL: Duration = Duration::from_millis(25);
+
+/// A usable access token and what callers need to know about it.
+#[derive(Debug, Clone)]
+pub struct FreshToken {
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub scope: Option<String>,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Why no token could be handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("connection not found")]
+    NotFound,
+    #[error("the connection needs the user to reconnect ({code}: {message})")]
+    NeedsReauth { code: String, message: String },
+    #[error("the connection is {status}")]
+    NotRefreshable { status: ConnectionStatus },
+    #[error("the token expired and the provider did not refresh it ({code}: {message})")]
+    ProviderFailed {
+        code: String,
+        message: String,
+        http_status: Option<u16>,
+        retry_after: Option<Duration>,
+    },
+    #[error("the connection is being refreshed elsewhere; try again shortly")]
+    Busy { retry_after: Duration },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How a refresh is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need<'a> {
+    /// A token valid for at least this long.
+    MinTtl(Duration),
+    /// A new token, unless the current one differs from this rejected one.
+    ReplaceRejected(Option<&'a str>),
+}
+
+impl Engine {
+    /// A token valid for at least `min_ttl` (capped at half its lifetime),
+    /// refreshing first if needed.
+    pub async fn fresh_token(&self, id: ConnectionId, min_ttl: Duration) -> Result<FreshToken, TokenError> {
+        self.obtain(id, Need::MinTtl(min_ttl), Trigger::OnDemand).await
+    }
+
+    /// A fresh token after an application got a 401 with `rejected`: if that
+    /// token is no longer the current one, the current one is returned
+    /// without a refresh; with no `rejected` token, always refreshes.
+    pub async fn replace_rejected(&self, id: ConnectionId, rejected: Option<&str>) -> Result<FreshToken, TokenError> {
+        self.obtain(id, Need::ReplaceRejected(rejected), Trigger::Forced).await
+    }
+
+    async fn obtain(&self, id: ConnectionId, need: Need<'_>, trigger: Trigger) -> Result<FreshToken, TokenError> {
+        let deadline = tokio::time::Instant::now() + self.inner.settings.lease_ttl();
+        let mut refreshed_version = None;
+        loop {
+            let record = self.load(id).await?;
+            check_status(&record)?;
+            let now = self.inner.clock.now();
+            let current_is_enough = match need {
+                _ if refreshed_version.is_some_and(|v| v != record.version) => true,
+                Need::MinTtl(min_ttl) => {
+                    let wanted = plan::effective_min_ttl(min_ttl, record.issued_at, record.expires_at);
+                    record.expires_at > now && remaining(&record, now) >= wanted
+                }
+                Need::ReplaceRejected(Some(rejected)) => record.expires_at > now && !self.is_current(&record, rejected)?,
+                Need::ReplaceRejected(None) => false,
+            };
+            if current_is_enough && record.expires_at > now {
+                return self.current(&record);
+            }
+            if record.refresh_token.is_none() {
+                return self.current_or(&record, now, || TokenError::NeedsReauth {
+                    code: "no_refresh_token".into(),
+                    message: "the token expired and there is no refresh token".into(),
+                });
+            }
+            refreshed_version = Some(record.version);
+            match refresh_shared(&self.inner, id, trigger).await {
+                Ok(Flight::Refreshed(token)) => return Ok(token),
+                Ok(Flight::Superseded) => continue,
+                Ok(Flight::Busy { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(BUSY_POLL).await;
+                    refreshed_version = None;
+                    if let Need::ReplaceRejected(None) = need {
+                        // Someone else is refreshing: their result is as fresh as ours would be.
+                        refreshed_version = Some(record.version);
+                    }
+                }
+                Ok(Flight::Busy { .. }) => {
+                    return self.current_or(&record, self.inner.clock.now(), || TokenError::Busy {
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                Err(failure) => {
+                    let latest = self.load(id).await?;
+                    let now = self.inner.clock.now();
+                    return self.current_or(&latest, now, || failure.into());
+                }
+            }
+        }
+    }
+
+    async fn load(&self, id: ConnectionId) -> Result<ConnectionRecord, TokenError> {
+        self.inner
+            .store
+            .get_connection(id)
+            .await
+            .map_err(|e| TokenError::Internal(format!("read connection: {e}")))?
+            .ok_or(TokenError::NotFound)
+    }
+
+    fn is_current(&self, record: &ConnectionRecord, candidate: &str) -> Result<bool, TokenError> {
+        let current = open_access(&self.inner, record).map_err(|e| TokenError::Internal(format!("open token: {e}")))?;
+        Ok(bool::from(current.expose_secret().as_bytes().ct_eq(candidate.as_bytes())))
+    }
+
+    fn current(&self, record: &ConnectionRecord) -> Result<FreshToken, TokenError> {
+        let access_token =
+            open_access(&self.inner, record).map_err(|e| TokenError::Internal(format!("open token: {e}")))?;
+        Ok(FreshToken {
+            access_token,
+            token_type: record.token_type.clone(),
+            scope: record.scope.clone(),
+            issued_at: record.issued_at,
+            expires_at: record.expires_at,
+        })
+    }
+
+    /// The current token if it has not expired (shorter-lived than asked,
+    /// but usable), else the error.
+    fn current_or(
+        &self,
+        record: &ConnectionRecord,
+        now: OffsetDateTime,
+        error: impl FnOnce() -> TokenError,
+    ) -> Result<FreshToken, TokenError> {
+        if record.status == ConnectionStatus::NeedsReauth {
+            check_status(record)?;
+        }
+        if record.expires_at > now {
+            self.current(record)
+        } else {
+            Err(error())
+        }
+    }
+}
+
+fn remaining(record: &ConnectionRecord, now: OffsetDateTime) -> Duration {
+    Duration::try_from(record.expires_at - now).unwrap_or_default()
+}
+
+fn check_status(record: &ConnectionRecord) -> Result<(), TokenError> {
+    match record.status {
+        ConnectionStatus::Active | ConnectionStatus::Failing => Ok(()),
+        ConnectionStatus::NeedsReauth => Err(match &record.last_error {
+            Some(e) => TokenError::NeedsReauth { code: e.code.clone(), message: e.message.clone() },
+            None => TokenError::NeedsReauth { code: "needs_reauth".into(), message: "the user must reconnect".into() },
+        }),
+        status => Err(TokenError::NotRefreshable { status }),
+    }
+}
+
+impl From<RefreshFailure> for TokenError {
+    fn from(failure: RefreshFailure) -> Self {
+        match failure {
+            RefreshFailure::NotFound => Self::NotFound,
+            RefreshFailure::NotRefreshable { status } => Self::NotRefreshable { status },
+            RefreshFailure::NeedsReauth { code, message } => Self::NeedsReauth { code, message },
+            RefreshFailure::Failed { code, message, http_status, retry_after } => {
+                Self::ProviderFailed { code, message, http_status, retry_after }
+            }
+            RefreshFailure::Internal(message) => Self::Internal(message),
+        }
+    }
+}
