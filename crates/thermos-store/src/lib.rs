@@ -22,6 +22,15 @@ pub use sqlite::SqliteStore;
 /// How many attempts are kept per connection; older ones are pruned.
 pub const ATTEMPTS_KEPT_PER_CONNECTION: u32 = 50;
 
+/// `at` at the store's precision: records keep timestamps to the
+/// millisecond (the sub-millisecond part is dropped, rounding down), so a
+/// caller comparing a timestamp it wrote with the one read back truncates
+/// its own first.
+pub fn truncate_to_millis(at: OffsetDateTime) -> OffsetDateTime {
+    at.replace_millisecond(at.millisecond())
+        .expect("millisecond() is always below 1000")
+}
+
 /// A failure of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,7 +64,8 @@ pub struct LastError {
     pub at: OffsetDateTime,
 }
 
-/// A stored connection, tokens still sealed.
+/// A stored connection, tokens still sealed. Timestamps have millisecond
+/// precision (see [`truncate_to_millis`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectionRecord {
     pub id: ConnectionId,
@@ -108,10 +118,14 @@ pub struct NewConnection {
 #[derive(Debug, Clone)]
 pub struct TokenUpdate {
     pub access_token: Sealed,
-    /// `None` keeps the stored refresh token (providers that do not rotate).
+    /// In [`Store::finish_refresh`], `None` keeps the stored refresh token
+    /// (providers that do not rotate); in [`Store::replace_tokens`], `None`
+    /// means the user brought none and the stored one is cleared.
     pub refresh_token: Option<Sealed>,
     pub token_type: String,
-    /// `None` keeps the stored scope (RFC 6749 §5.1: omitted when unchanged).
+    /// In [`Store::finish_refresh`], `None` keeps the stored scope (RFC 6749
+    /// §5.1: omitted when unchanged); in [`Store::replace_tokens`], `None`
+    /// clears it.
     pub scope: Option<String>,
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
@@ -158,6 +172,9 @@ pub struct ConnectionFilter {
 }
 
 /// The result of trying to lease one connection.
+// Returned once per call and matched at once, never stored in bulk: boxing
+// the record would cost an allocation and buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Claim {
     /// The lease is ours until the given time; the record is as claimed.
@@ -169,6 +186,9 @@ pub enum Claim {
 }
 
 /// The result of committing a refresh.
+// Returned once per call and matched at once, never stored in bulk: boxing
+// the record would cost an allocation and buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum FinishOutcome {
     /// Committed; the record as it now stands.
@@ -224,7 +244,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<Vec<ConnectionRecord>>;
 
     /// Replaces the tokens after the user reconnected: status `active`,
-    /// failures cleared, version bumped, any lease dropped.
+    /// failures cleared, version bumped, any lease dropped, `updated_at` =
+    /// `now`. Unlike [`Store::finish_refresh`], every token column is
+    /// replaced: a `None` refresh token or scope is stored as absent.
+    /// `None` if the connection does not exist.
     async fn replace_tokens(
         &self,
         id: ConnectionId,
@@ -233,6 +256,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<Option<ConnectionRecord>>;
 
     /// Clears failures, sets status `active` and makes it due at `now`.
+    /// The version and any lease are left as they are. `None` if missing.
     async fn reset_connection(&self, id: ConnectionId, now: OffsetDateTime) -> StoreResult<Option<ConnectionRecord>>;
 
     /// Deletes a connection and its attempts; false if it did not exist.
@@ -245,7 +269,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Leases up to `limit` scheduled connections due at `now` (earliest
     /// first) to `owner` until `lease_until`. A claim also moves
     /// `next_refresh_at` to `lease_until`, so a connection whose worker died
-    /// comes due again exactly when the lease expires.
+    /// comes due again exactly when the lease expires. A claim sets
+    /// `updated_at` = `now` and never bumps the version.
     async fn claim_due(
         &self,
         owner: &str,
@@ -255,7 +280,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<Vec<ConnectionRecord>>;
 
     /// Leases one connection, whatever its due time, if no unexpired lease
-    /// is held on it (by anyone, this owner included).
+    /// is held on it (by anyone, this owner included). A scheduled
+    /// (`active`, `failing`) connection's `next_refresh_at` moves to
+    /// `lease_until`, as in [`Store::claim_due`]; an unscheduled one's is
+    /// left alone.
     async fn claim_connection(
         &self,
         id: ConnectionId,
@@ -264,13 +292,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         lease_until: OffsetDateTime,
     ) -> StoreResult<Claim>;
 
-    /// Drops `owner`'s lease without a refresh and sets the next due time.
+    /// Drops `owner`'s lease without a refresh and sets the next due time
+    /// (of a scheduled connection only). Does nothing if `owner` does not
+    /// hold the lease (expired or not) or the connection is gone.
     async fn release_lease(&self, id: ConnectionId, owner: &str, next_refresh_at: OffsetDateTime) -> StoreResult<()>;
 
     /// Commits a successful refresh if the version is still
     /// `expected_version`: new token columns, version + 1, status `active`,
-    /// failures cleared, `refresh_count` + 1, `last_refreshed_at`, lease
-    /// dropped — and records `attempt`, in one transaction.
+    /// failures cleared, `refresh_count` + 1, lease dropped,
+    /// `last_refreshed_at` = `updated_at` = `tokens.issued_at` —
+    /// and records `attempt`, in one transaction. The lease owner is not
+    /// checked, only the version: a worker whose lease expired still saves
+    /// a rotated refresh token if nobody changed the tokens meanwhile. A
+    /// connection deleted meanwhile is [`FinishOutcome::VersionChanged`]
+    /// (and keeps no attempt).
     async fn finish_refresh(
         &self,
         id: ConnectionId,
@@ -281,7 +316,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Records a failed refresh if the version is still `expected_version`
     /// (else only the attempt is recorded and `None` returned), dropping the
-    /// lease, in one transaction.
+    /// lease, in one transaction. The version is not bumped (tokens are
+    /// unchanged); `updated_at` = `failure.last_error.at`. A connection
+    /// deleted meanwhile is `None` too.
     async fn record_failure(
         &self,
         id: ConnectionId,

@@ -1,0 +1,173 @@
+//! Connection rows on SQLite: insert, read, list, count, and the operator's
+//! and user's transitions (`replace_tokens`, `reset`, `delete`).
+//!
+//! Never touches the schedule's leases except to drop them when the user
+//! brings new tokens; refresh results are written by `refresh.rs`.
+
+use thermos_core::id::ConnectionId;
+use thermos_core::status::ConnectionStatus;
+use time::OffsetDateTime;
+
+use super::row::{self, CONNECTION_COLUMNS};
+use super::{SqliteStore, conflict_or, limit};
+use crate::{ConnectionFilter, ConnectionRecord, NewConnection, StatusCount, StoreError, StoreResult, TokenUpdate};
+
+/// Inserts an `active` connection at version 1.
+pub(super) async fn insert(
+    store: &SqliteStore,
+    new: NewConnection,
+    now: OffsetDateTime,
+) -> StoreResult<ConnectionRecord> {
+    let metadata = serde_json::to_string(&new.metadata)
+        .map_err(|e| StoreError::Corrupt(format!("metadata cannot be serialised: {e}")))?;
+    let now = row::millis(now);
+    let sql = format!(
+        "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
+         scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
+         version, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13) \
+         RETURNING {CONNECTION_COLUMNS}"
+    );
+    let inserted = sqlx::query(&sql)
+        .bind(new.id.to_string())
+        .bind(&new.project)
+        .bind(&new.provider)
+        .bind(&new.external_id)
+        .bind(new.access_token.as_bytes())
+        .bind(new.refresh_token.as_ref().map(|t| t.as_bytes()))
+        .bind(&new.token_type)
+        .bind(&new.scope)
+        .bind(row::millis(new.issued_at))
+        .bind(row::millis(new.expires_at))
+        .bind(metadata)
+        .bind(row::millis(new.next_refresh_at))
+        .bind(now)
+        .fetch_one(&store.writer)
+        .await
+        .map_err(conflict_or)?;
+    row::connection(&inserted)
+}
+
+/// One connection.
+pub(super) async fn get(store: &SqliteStore, id: ConnectionId) -> StoreResult<Option<ConnectionRecord>> {
+    sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = ?1"))
+        .bind(id.to_string())
+        .fetch_optional(&store.reader)
+        .await?
+        .as_ref()
+        .map(row::connection)
+        .transpose()
+}
+
+/// A page of connections in id order.
+pub(super) async fn list(
+    store: &SqliteStore,
+    filter: &ConnectionFilter,
+    after: Option<ConnectionId>,
+    page: u32,
+) -> StoreResult<Vec<ConnectionRecord>> {
+    let sql = format!(
+        "SELECT {CONNECTION_COLUMNS} FROM connections \
+         WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR provider = ?2) AND (?3 IS NULL OR status = ?3) \
+           AND id > ?4 \
+         ORDER BY id LIMIT ?5"
+    );
+    // Every id sorts after the empty string; a plain `id > ?` keeps the
+    // cursor a range seek on the primary key rather than a scan from the start.
+    sqlx::query(&sql)
+        .bind(filter.project.as_deref())
+        .bind(filter.provider.as_deref())
+        .bind(filter.status.map(ConnectionStatus::as_str))
+        .bind(after.map(|id| id.to_string()).unwrap_or_default())
+        .bind(limit(page))
+        .fetch_all(&store.reader)
+        .await?
+        .iter()
+        .map(row::connection)
+        .collect()
+}
+
+/// New tokens from the user: everything replaced (absent refresh token and
+/// scope become NULL), status `active`, failures cleared, version bumped,
+/// lease dropped.
+pub(super) async fn replace_tokens(
+    store: &SqliteStore,
+    id: ConnectionId,
+    tokens: TokenUpdate,
+    now: OffsetDateTime,
+) -> StoreResult<Option<ConnectionRecord>> {
+    let sql = format!(
+        "UPDATE connections SET access_token = ?2, refresh_token = ?3, token_type = ?4, scope = ?5, \
+           issued_at = ?6, expires_at = ?7, next_refresh_at = ?8, status = 'active', consecutive_failures = 0, \
+           last_error_code = NULL, last_error_message = NULL, last_error_http_status = NULL, last_error_at = NULL, \
+           version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?9 \
+         WHERE id = ?1 RETURNING {CONNECTION_COLUMNS}"
+    );
+    sqlx::query(&sql)
+        .bind(id.to_string())
+        .bind(tokens.access_token.as_bytes())
+        .bind(tokens.refresh_token.as_ref().map(|t| t.as_bytes()))
+        .bind(&tokens.token_type)
+        .bind(&tokens.scope)
+        .bind(row::millis(tokens.issued_at))
+        .bind(row::millis(tokens.expires_at))
+        .bind(row::millis(tokens.next_refresh_at))
+        .bind(row::millis(now))
+        .fetch_optional(&store.writer)
+        .await?
+        .as_ref()
+        .map(row::connection)
+        .transpose()
+}
+
+/// Clears failures, status `active`, due at `now`; version and lease kept.
+pub(super) async fn reset(
+    store: &SqliteStore,
+    id: ConnectionId,
+    now: OffsetDateTime,
+) -> StoreResult<Option<ConnectionRecord>> {
+    let sql = format!(
+        "UPDATE connections SET status = 'active', consecutive_failures = 0, last_error_code = NULL, \
+           last_error_message = NULL, last_error_http_status = NULL, last_error_at = NULL, \
+           next_refresh_at = ?2, updated_at = ?2 \
+         WHERE id = ?1 RETURNING {CONNECTION_COLUMNS}"
+    );
+    sqlx::query(&sql)
+        .bind(id.to_string())
+        .bind(row::millis(now))
+        .fetch_optional(&store.writer)
+        .await?
+        .as_ref()
+        .map(row::connection)
+        .transpose()
+}
+
+/// Deletes a connection; its attempts go with it (`ON DELETE CASCADE`).
+pub(super) async fn delete(store: &SqliteStore, id: ConnectionId) -> StoreResult<bool> {
+    let done = sqlx::query("DELETE FROM connections WHERE id = ?1")
+        .bind(id.to_string())
+        .execute(&store.writer)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Counts by provider and status, ordered by provider then status name.
+pub(super) async fn count_by_status(store: &SqliteStore) -> StoreResult<Vec<StatusCount>> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT provider, status, COUNT(*) FROM connections GROUP BY provider, status ORDER BY provider, status",
+    )
+    .fetch_all(&store.reader)
+    .await?;
+    rows.into_iter()
+        .map(|(provider, status, count)| {
+            let status = ConnectionStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("connections.status: unknown status {status:?}")))?;
+            let count = u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("negative count {count}")))?;
+            Ok(StatusCount {
+                provider,
+                status,
+                count,
+            })
+        })
+        .collect()
+}
