@@ -42,6 +42,12 @@ pub enum Fault {
     /// Perform the refresh (rotating the refresh token), then never answer:
     /// the response is lost, as when a connection drops mid-flight.
     LoseResponse,
+    /// HTTP 200 with a valid-looking JSON token response padded to this many
+    /// bytes (a provider or proxy sending far more than a token response).
+    Oversized {
+        /// The body's size in bytes.
+        bytes: usize,
+    },
     /// Answer 503 with this probability (0.0–1.0), else normally; meant as a
     /// standing fault for the demo.
     FailRate(f64),

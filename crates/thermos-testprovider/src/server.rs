@@ -332,6 +332,16 @@ fn fault_response(fault: &Fault) -> Response {
             StatusCode::OK,
             "<!DOCTYPE html><html><head><title>Sign in</title></head><body><form>Sign in to continue</form></body></html>",
         ),
+        Fault::Oversized { bytes } => {
+            let head = r#"{"access_token":"at_oversized","token_type":"Bearer","expires_in":3600,"padding":""#;
+            let padding = "x".repeat(bytes.saturating_sub(head.len() + 2));
+            (
+                StatusCode::OK,
+                [(CONTENT_TYPE, "application/json")],
+                format!("{head}{padding}\"}}"),
+            )
+                .into_response()
+        }
         Fault::InvalidClient => oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",

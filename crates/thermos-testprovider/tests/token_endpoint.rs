@@ -397,6 +397,16 @@ async fn a_delay_fault_answers_normally_afterwards() {
     assert_eq!(answer.status, 200);
 }
 
+#[tokio::test]
+async fn an_oversized_answer_is_valid_json_of_the_requested_size() {
+    let provider = TestProvider::start(ProviderOptions::default()).await;
+    provider.push_faults([Fault::Oversized { bytes: 100_000 }]);
+    let answer = refresh(&provider, "anything").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text.len(), 100_000);
+    assert_eq!(answer.field("access_token").as_deref(), Some("at_oversized"));
+}
+
 async fn send_with_timeout(provider: &TestProvider, refresh_token: &str) -> reqwest::Error {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))

@@ -1,5 +1,291 @@
-//! The refresh client (to be written).
+//! The refresh client: one `refresh_token` grant request (RFC 6749 §6) to a
+//! provider app's token endpoint, turned into a
+//! [`RefreshOutcome`](thermos_core::oauth::RefreshOutcome).
+//!
+//! It owns the wire details — client authentication (Basic credentials are
+//! form-URL-encoded before base64, RFC 6749 §2.3.1, unlike reqwest's
+//! `basic_auth`), a capped body read, no redirects — and leaves the meaning
+//! of the answer to [`classify_response`]. It never retries, never sleeps,
+//! never logs, and never puts a token, a secret or the request body into an
+//! outcome: transport errors are described by their error chain (without
+//! the URL's query), and any text the provider echoes is scrubbed of the
+//! refresh token and client secret that were sent.
+//!
+//! Read next: `thermos_core::oauth` (classification) and `crate::engine`
+//! (what is done with the outcome).
 
-/// Placeholder.
+use std::error::Error as _;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::redirect::Policy;
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretString};
+use thermos_core::clock::Clock;
+use thermos_core::oauth::{AuthMethod, RefreshOutcome, TransientFailure, TransientKind, classify_response};
+use url::Url;
+
+use super::ProviderApp;
+
+/// The `User-Agent` sent to token endpoints.
+pub const USER_AGENT: &str = concat!("thermos/", env!("CARGO_PKG_VERSION"));
+/// Default cap on a token response body; a larger body is a malformed response.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Upper bound of the connect timeout (the request timeout applies too).
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Form parameters the client sets itself; `extra_params` cannot override them.
+const RESERVED_PARAMS: [&str; 4] = ["grant_type", "refresh_token", "client_id", "client_secret"];
+
+/// Refreshes tokens at providers' token endpoints over one pooled HTTP
+/// client. Cloning is cheap (the pool is shared).
 #[derive(Debug, Clone)]
-pub struct RefreshClient;
+pub struct RefreshClient {
+    http: reqwest::Client,
+    max_body_bytes: usize,
+}
+
+impl RefreshClient {
+    /// A client whose every request (connect, send, read) must finish within
+    /// `request_timeout`. Rustls with built-in roots, no redirects.
+    pub fn new(request_timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout.min(MAX_CONNECT_TIMEOUT))
+            .redirect(Policy::none())
+            .user_agent(USER_AGENT)
+            .build()
+            // Building fails only when the TLS backend cannot initialise;
+            // rustls with bundled webpki roots has no system dependency, so
+            // this is a broken build, not a runtime condition.
+            .unwrap_or_else(|e| panic!("build the token endpoint HTTP client: {e}"));
+        Self {
+            http,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// The same client with another cap on response bodies.
+    pub fn with_max_body_bytes(mut self, max_body_bytes: usize) -> Self {
+        self.max_body_bytes = max_body_bytes;
+        self
+    }
+
+    /// Sends one `refresh_token` grant for `app` and classifies the answer.
+    /// `clock` stamps the moment the response arrived (it anchors
+    /// `Retry-After` dates and absolute expiries). Every failure is a value:
+    /// this never panics and never returns an error.
+    ///
+    /// The configured `scopes` are not sent: a refresh without `scope` keeps
+    /// the scope the user granted (RFC 6749 §6), while sending more fails.
+    pub async fn refresh(&self, app: &ProviderApp, refresh_token: &SecretString, clock: &dyn Clock) -> RefreshOutcome {
+        let outcome = self.exchange(app, refresh_token, clock).await;
+        let secrets = [
+            Some(refresh_token.expose_secret()),
+            app.client_secret.as_ref().map(ExposeSecret::expose_secret),
+        ];
+        scrub(outcome, &secrets)
+    }
+
+    async fn exchange(&self, app: &ProviderApp, refresh_token: &SecretString, clock: &dyn Clock) -> RefreshOutcome {
+        let endpoint = display_url(&app.token_url);
+        let request = match self.request(app, refresh_token) {
+            Ok(request) => request,
+            Err(detail) => return failure(TransientKind::MalformedResponse, None, detail),
+        };
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return transport_failure(e, None, &endpoint),
+        };
+        let received_at = clock.now();
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let cap = self.max_body_bytes;
+        if response.content_length().is_some_and(|len| len > cap as u64) {
+            return over_cap(status, cap);
+        }
+        let mut body = Zeroizing::new(Vec::new());
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > cap => return over_cap(status, cap),
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => return transport_failure(e, Some(status), &endpoint),
+            }
+        }
+        classify_response(status, retry_after.as_deref(), &body, received_at, app.default_ttl)
+    }
+
+    /// The POST with its form body and client authentication.
+    fn request(&self, app: &ProviderApp, refresh_token: &SecretString) -> Result<reqwest::RequestBuilder, String> {
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+        ];
+        let secret = app.client_secret.as_ref().map_or("", ExposeSecret::expose_secret);
+        let mut authorization = None;
+        match app.auth_method {
+            AuthMethod::ClientSecretBasic => authorization = Some(basic_authorization(&app.client_id, secret)?),
+            AuthMethod::ClientSecretPost => {
+                form.push(("client_id", &app.client_id));
+                form.push(("client_secret", secret));
+            }
+            AuthMethod::None => form.push(("client_id", &app.client_id)),
+        }
+        form.extend(
+            app.extra_params
+                .iter()
+                .filter(|(key, _)| !RESERVED_PARAMS.contains(&key.as_str()))
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        );
+        let body = serde_urlencoded::to_string(&form).map_err(|e| format!("encode the token request: {e}"))?;
+        let mut request = self
+            .http
+            .post(app.token_url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .body(body);
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        Ok(request)
+    }
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1),
+/// marked sensitive so HTTP-layer debugging never prints it.
+fn basic_authorization(client_id: &str, client_secret: &str) -> Result<HeaderValue, String> {
+    let encode = |raw: &str| url::form_urlencoded::byte_serialize(raw.as_bytes()).collect::<String>();
+    let credentials = Zeroizing::new(format!("{}:{}", encode(client_id), encode(client_secret)));
+    let header = Zeroizing::new(format!("Basic {}", STANDARD.encode(credentials.as_bytes())));
+    let mut value =
+        HeaderValue::from_str(&header).map_err(|_| "client credentials do not fit an HTTP header".to_owned())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn failure(kind: TransientKind, http_status: Option<u16>, detail: String) -> RefreshOutcome {
+    RefreshOutcome::Transient(TransientFailure::new(kind, http_status, detail))
+}
+
+fn over_cap(status: u16, cap: usize) -> RefreshOutcome {
+    let detail = format!("token endpoint answered {status} with a body larger than {cap} bytes");
+    failure(TransientKind::MalformedResponse, Some(status), detail)
+}
+
+/// A send or read error: `Timeout` or `Network`, described by its error
+/// chain with reqwest's URL removed (the endpoint is named without its query).
+fn transport_failure(error: reqwest::Error, http_status: Option<u16>, endpoint: &str) -> RefreshOutcome {
+    let error = error.without_url();
+    let kind = if error.is_timeout() || chain_has_timeout(&error) {
+        TransientKind::Timeout
+    } else {
+        TransientKind::Network
+    };
+    let verb = if http_status.is_some() {
+        "read response from"
+    } else {
+        "call"
+    };
+    let mut detail = format!("{verb} token endpoint {endpoint}");
+    let mut cause: Option<&dyn std::error::Error> = Some(&error);
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !detail.ends_with(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        cause = current.source();
+    }
+    failure(kind, http_status, detail)
+}
+
+fn chain_has_timeout(error: &reqwest::Error) -> bool {
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        if current
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// `scheme://host[:port]/path`, without query, fragment or user info.
+fn display_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+/// Secrets shorter than this are not scrubbed from texts: real tokens and
+/// client secrets are far longer, and replacing a two-letter string would
+/// mangle every detail.
+const MIN_SCRUBBED_LEN: usize = 8;
+
+/// Replaces any secret that was sent (and that a provider may echo) in the
+/// outcome's texts with `[redacted]`.
+fn scrub(mut outcome: RefreshOutcome, secrets: &[Option<&str>]) -> RefreshOutcome {
+    let clean = |text: &mut String| {
+        for secret in secrets.iter().flatten().filter(|s| s.len() >= MIN_SCRUBBED_LEN) {
+            if text.contains(secret) {
+                *text = text.replace(secret, "[redacted]");
+            }
+        }
+    };
+    match &mut outcome {
+        RefreshOutcome::InvalidGrant(e) | RefreshOutcome::ClientInvalid(e) => {
+            clean(&mut e.error);
+            if let Some(description) = &mut e.description {
+                clean(description);
+            }
+        }
+        RefreshOutcome::Transient(t) => clean(&mut t.detail),
+        RefreshOutcome::Refreshed(_) | RefreshOutcome::RateLimited { .. } => {}
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_encoded_before_base64() {
+        let value = basic_authorization("thermos test", "s3cr+t/=:%").expect("a header");
+        let encoded = value.to_str().expect("ascii").strip_prefix("Basic ").expect("basic");
+        let decoded = String::from_utf8(STANDARD.decode(encoded).expect("base64")).expect("utf-8");
+        assert_eq!(decoded, "thermos+test:s3cr%2Bt%2F%3D%3A%25");
+        assert!(value.is_sensitive());
+    }
+
+    #[test]
+    fn the_endpoint_is_shown_without_query_or_user_info() {
+        let url = Url::parse("https://user:pw@auth.example.com/oauth/token?key=abc#x").expect("a url");
+        assert_eq!(display_url(&url), "https://auth.example.com/oauth/token");
+    }
+
+    #[test]
+    fn echoed_secrets_are_scrubbed_from_descriptions_and_details() {
+        let outcome = classify_response(
+            400,
+            None,
+            br#"{"error":"invalid_grant","error_description":"token rt_SECRET is unknown"}"#,
+            time::OffsetDateTime::UNIX_EPOCH,
+            Duration::from_secs(60),
+        );
+        let scrubbed = scrub(outcome, &[Some("rt_SECRET"), None]);
+        assert_eq!(scrubbed.message(), "invalid_grant: token [redacted] is unknown");
+    }
+}
