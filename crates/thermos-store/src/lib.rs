@@ -270,7 +270,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// first) to `owner` until `lease_until`. A claim also moves
     /// `next_refresh_at` to `lease_until`, so a connection whose worker died
     /// comes due again exactly when the lease expires. A claim sets
-    /// `updated_at` = `now` and never bumps the version.
+    /// `updated_at` = `now` and never bumps the version. The records
+    /// returned carry the lease, but `next_refresh_at` as it was planned
+    /// before the claim (so the caller can measure lateness).
     async fn claim_due(
         &self,
         owner: &str,
@@ -326,6 +328,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         failure: FailureUpdate,
         attempt: NewAttempt,
     ) -> StoreResult<Option<ConnectionRecord>>;
+
+    /// Records an attempt that changed nothing on the connection (e.g. one
+    /// that found another refresh had already won), dropping `owner`'s lease
+    /// if it holds one, without touching the due time.
+    async fn record_attempt(&self, id: ConnectionId, owner: &str, attempt: NewAttempt) -> StoreResult<()>;
+
+    /// Drops every lease, making leased scheduled connections due at `now`.
+    /// Only for a starting instance that knows it is the database's sole
+    /// user (the embedded SQLite case, guarded by a lock file): the leases
+    /// of a crashed predecessor need not be waited out. Returns how many.
+    async fn release_all_leases(&self, now: OffsetDateTime) -> StoreResult<u64>;
 
     /// The connection's most recent attempts, newest first.
     async fn list_attempts(&self, id: ConnectionId, limit: u32) -> StoreResult<Vec<AttemptRecord>>;

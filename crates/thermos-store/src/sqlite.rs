@@ -252,6 +252,14 @@ impl Store for SqliteStore {
         refresh::record_failure(self, id, expected_version, failure, attempt).await
     }
 
+    async fn record_attempt(&self, id: ConnectionId, owner: &str, attempt: NewAttempt) -> StoreResult<()> {
+        refresh::record_attempt(self, id, owner, attempt).await
+    }
+
+    async fn release_all_leases(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        schedule::release_all_leases(self, now).await
+    }
+
     async fn list_attempts(&self, id: ConnectionId, limit: u32) -> StoreResult<Vec<AttemptRecord>> {
         refresh::list_attempts(self, id, limit).await
     }

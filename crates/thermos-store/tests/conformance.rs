@@ -58,6 +58,8 @@ conformance!(
     claim_due_takes_at_most_its_limit_earliest_first,
     a_claimed_connection_is_not_claimed_again_until_its_lease_expires,
     a_claim_moves_next_refresh_at_to_the_end_of_the_lease_without_bumping_the_version,
+    record_attempt_logs_without_changing_the_connection_and_drops_the_owners_lease,
+    release_all_leases_makes_leased_connections_due_at_once,
     next_due_at_is_the_earliest_due_time_of_scheduled_connections,
     claim_connection_leases_a_free_connection_whatever_its_due_time,
     claim_connection_is_busy_while_any_unexpired_lease_is_held_even_by_the_same_owner,
@@ -281,6 +283,7 @@ async fn a_claimed_connection_is_not_claimed_again_until_its_lease_expires(store
 
 async fn a_claim_moves_next_refresh_at_to_the_end_of_the_lease_without_bumping_the_version(store: Arc<dyn Store>) {
     let due = insert(&*store, due_connection("u1", -1)).await;
+    let planned = due.next_refresh_at;
     let claimed = store.claim_due("worker-1", at(2), at(62), 10).await.unwrap().remove(0);
     let expected = ConnectionRecord {
         lease_owner: Some("worker-1".into()),
@@ -289,9 +292,35 @@ async fn a_claim_moves_next_refresh_at_to_the_end_of_the_lease_without_bumping_t
         updated_at: at(2),
         ..due
     };
-    assert_eq!(claimed, expected);
+    // The claimed record reports the planned due time; the row holds the lease's end.
+    assert_eq!(claimed, ConnectionRecord { next_refresh_at: planned, ..expected.clone() });
     assert_eq!(get(&*store, expected.id).await, expected);
     assert_eq!(store.next_due_at().await.unwrap(), Some(at(62)));
+}
+
+async fn record_attempt_logs_without_changing_the_connection_and_drops_the_owners_lease(store: Arc<dyn Store>) {
+    let due = insert(&*store, due_connection("u1", -1)).await;
+    store.claim_due("worker-1", at(2), at(62), 10).await.unwrap();
+    store.record_attempt(due.id, "someone-else", attempt("superseded", 3)).await.unwrap();
+    assert_eq!(get(&*store, due.id).await.lease_owner.as_deref(), Some("worker-1"));
+    store.record_attempt(due.id, "worker-1", attempt("superseded", 4)).await.unwrap();
+    let after = get(&*store, due.id).await;
+    assert_eq!((after.lease_owner, after.lease_until, after.version), (None, None, due.version));
+    assert_eq!(after.next_refresh_at, Some(at(62)));
+    let attempts = store.list_attempts(due.id, 10).await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert!(attempts.iter().all(|a| a.attempt.outcome == "superseded"));
+}
+
+async fn release_all_leases_makes_leased_connections_due_at_once(store: Arc<dyn Store>) {
+    let leased = insert(&*store, due_connection("leased", -1)).await;
+    let free = insert(&*store, due_connection("free", 500)).await;
+    store.claim_due("dead-worker", at(2), at(3600), 10).await.unwrap();
+    assert!(store.claim_due("new-worker", at(5), at(65), 10).await.unwrap().is_empty());
+    assert_eq!(store.release_all_leases(at(5)).await.unwrap(), 1);
+    let claimed = store.claim_due("new-worker", at(5), at(65), 10).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [leased.id]);
+    assert_eq!(get(&*store, free.id).await.next_refresh_at, free.next_refresh_at);
 }
 
 async fn next_due_at_is_the_earliest_due_time_of_scheduled_connections(store: Arc<dyn Store>) {

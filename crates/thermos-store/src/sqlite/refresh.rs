@@ -106,6 +106,20 @@ pub(super) async fn list_attempts(store: &SqliteStore, id: ConnectionId, page: u
     .collect()
 }
 
+/// Records an attempt alone and drops `owner`'s lease, in one transaction.
+pub(super) async fn record_attempt(store: &SqliteStore, id: ConnectionId, owner: &str, attempt: NewAttempt) -> StoreResult<()> {
+    let id_text = id.to_string();
+    let mut tx = store.begin_write().await?;
+    insert_attempt(&mut tx, &id_text, &attempt).await?;
+    sqlx::query("UPDATE connections SET lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND lease_owner = ?2")
+        .bind(&id_text)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Appends an attempt (if the connection still exists: a deleted connection
 /// keeps no log) and prunes the connection's log to the newest
 /// [`ATTEMPTS_KEPT_PER_CONNECTION`].

@@ -15,7 +15,7 @@ use super::{SqliteStore, limit};
 use crate::{Claim, ConnectionRecord, StoreResult};
 
 /// Due, unleased, scheduled connections, earliest first. `?1` now, `?2` limit.
-pub(super) const SELECT_DUE: &str = "SELECT id FROM connections \
+pub(super) const SELECT_DUE: &str = "SELECT id, next_refresh_at FROM connections \
      WHERE status IN ('active', 'failing') AND next_refresh_at <= ?1 \
        AND (lease_until IS NULL OR lease_until <= ?1) \
      ORDER BY next_refresh_at LIMIT ?2";
@@ -44,15 +44,17 @@ pub(super) async fn claim_due(
 ) -> StoreResult<Vec<ConnectionRecord>> {
     let now = row::millis(now);
     let mut tx = store.begin_write().await?;
-    let ids: Vec<String> = sqlx::query_scalar(SELECT_DUE)
+    let due: Vec<(String, i64)> = sqlx::query_as(SELECT_DUE)
         .bind(now)
         .bind(limit(page))
         .fetch_all(&mut *tx)
         .await?;
-    if ids.is_empty() {
+    if due.is_empty() {
         tx.commit().await?;
         return Ok(Vec::new());
     }
+    let ids: Vec<String> = due.iter().map(|(id, _)| id.clone()).collect();
+    let planned: HashMap<&str, i64> = due.iter().map(|(id, at)| (id.as_str(), *at)).collect();
     // RETURNING has no order, and the old due times are overwritten: put the
     // records back in the order the index gave.
     let order: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
@@ -70,6 +72,11 @@ pub(super) async fn claim_due(
         .await?;
     tx.commit().await?;
     let mut claimed = rows.iter().map(row::connection).collect::<StoreResult<Vec<_>>>()?;
+    for record in &mut claimed {
+        if let Some(at) = planned.get(record.id.to_string().as_str()) {
+            record.next_refresh_at = Some(row::from_millis(*at, "next_refresh_at")?);
+        }
+    }
     claimed.sort_by_cached_key(|c| order.get(c.id.to_string().as_str()).copied());
     Ok(claimed)
 }
@@ -133,4 +140,17 @@ pub(super) async fn release_lease(
     .execute(&store.writer)
     .await?;
     Ok(())
+}
+
+/// Drops every lease; leased scheduled rows become due at `now`.
+pub(super) async fn release_all_leases(store: &SqliteStore, now: OffsetDateTime) -> StoreResult<u64> {
+    let result = sqlx::query(
+        "UPDATE connections SET lease_owner = NULL, lease_until = NULL, \
+           next_refresh_at = CASE WHEN status IN ('active', 'failing') THEN ?1 ELSE next_refresh_at END \
+         WHERE lease_owner IS NOT NULL",
+    )
+    .bind(row::millis(now))
+    .execute(&store.writer)
+    .await?;
+    Ok(result.rows_affected())
 }
