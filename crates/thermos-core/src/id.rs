@@ -67,7 +67,14 @@ mod tests {
 
     #[test]
     fn malformed_connection_ids_are_rejected() {
-        for raw in ["", "con_", "con_xyz", "abc", "con_0193a1b2c3d4e5f60718293a4b5c6d7", "CON_0193a1b2c3d4e5f60718293a4b5c6d7e"] {
+        for raw in [
+            "",
+            "con_",
+            "con_xyz",
+            "abc",
+            "con_0193a1b2c3d4e5f60718293a4b5c6d7",
+            "CON_0193a1b2c3d4e5f60718293a4b5c6d7e",
+        ] {
             assert_eq!(ConnectionId::parse(raw), Err(InvalidId), "{raw}");
         }
     }

@@ -58,7 +58,11 @@ pub struct Jitter(f64);
 impl Jitter {
     /// Clamps `value` into `[0, 1)`.
     pub fn new(value: f64) -> Self {
-        Self(if value.is_finite() { value.clamp(0.0, 0.999_999) } else { 0.0 })
+        Self(if value.is_finite() {
+            value.clamp(0.0, 0.999_999)
+        } else {
+            0.0
+        })
     }
 
     /// A random draw.
@@ -168,7 +172,10 @@ mod tests {
         for j in [0.0, 0.25, 0.5, 0.75, 0.99] {
             let at = next_refresh_at(T0, T0 + secs(3600), DEFAULT_MARGIN, Jitter::new(j));
             let lead = (T0 + secs(3600)) - at;
-            assert!(lead >= time::Duration::seconds(300) && lead <= time::Duration::seconds(330), "{lead}");
+            assert!(
+                lead >= time::Duration::seconds(300) && lead <= time::Duration::seconds(330),
+                "{lead}"
+            );
         }
     }
 
@@ -192,8 +199,14 @@ mod tests {
             assert!(worst > previous, "failure {n}: {worst} after {previous}");
             previous = after_transient_failure(&policy, n, T0, None, Jitter::NONE).next_attempt_at - T0;
         }
-        let capped = RefreshPolicy { backoff_max: secs(15), ..policy };
-        assert_eq!(after_transient_failure(&capped, 4, T0, None, Jitter::NONE).next_attempt_at, T0 + secs(15));
+        let capped = RefreshPolicy {
+            backoff_max: secs(15),
+            ..policy
+        };
+        assert_eq!(
+            after_transient_failure(&capped, 4, T0, None, Jitter::NONE).next_attempt_at,
+            T0 + secs(15)
+        );
     }
 
     #[test]

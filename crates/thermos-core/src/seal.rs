@@ -51,7 +51,9 @@ pub struct MasterKey {
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterKey").field("id", &self.id_hex()).finish_non_exhaustive()
+        f.debug_struct("MasterKey")
+            .field("id", &self.id_hex())
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,11 +75,7 @@ impl MasterKey {
     /// Parses the base64 text form (32 bytes once decoded; surrounding
     /// whitespace is ignored).
     pub fn parse_base64(text: &str) -> Result<Self, KeyError> {
-        let bytes = Zeroizing::new(
-            STANDARD
-                .decode(text.trim())
-                .map_err(|_| KeyError::NotBase64)?,
-        );
+        let bytes = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| KeyError::NotBase64)?);
         let array: &[u8; 32] = bytes
             .as_slice()
             .try_into()
@@ -234,7 +232,11 @@ mod tests {
     #[test]
     fn the_plaintext_does_not_appear_in_the_sealed_bytes() {
         let (key, _) = MasterKey::generate();
-        let sealed = key.seal(&ConnectionId::generate(), Field::RefreshToken, &secret("refresh-token-plaintext"));
+        let sealed = key.seal(
+            &ConnectionId::generate(),
+            Field::RefreshToken,
+            &secret("refresh-token-plaintext"),
+        );
         let bytes = sealed.as_bytes();
         assert!(!bytes.windows(7).any(|w| w == b"refresh"));
     }
@@ -258,10 +260,14 @@ mod tests {
         let id = ConnectionId::generate();
         let sealed = key.seal(&id, Field::AccessToken, &secret("token"));
         assert_eq!(
-            key.open(&ConnectionId::generate(), Field::AccessToken, &sealed).unwrap_err(),
+            key.open(&ConnectionId::generate(), Field::AccessToken, &sealed)
+                .unwrap_err(),
             SealError::Tampered
         );
-        assert_eq!(key.open(&id, Field::RefreshToken, &sealed).unwrap_err(), SealError::Tampered);
+        assert_eq!(
+            key.open(&id, Field::RefreshToken, &sealed).unwrap_err(),
+            SealError::Tampered
+        );
     }
 
     #[test]
@@ -270,7 +276,10 @@ mod tests {
         let (other, _) = MasterKey::generate();
         let id = ConnectionId::generate();
         let sealed = key.seal(&id, Field::AccessToken, &secret("token"));
-        assert_eq!(other.open(&id, Field::AccessToken, &sealed).unwrap_err(), SealError::UnknownKey);
+        assert_eq!(
+            other.open(&id, Field::AccessToken, &sealed).unwrap_err(),
+            SealError::UnknownKey
+        );
         assert_eq!(sealed.key_id_hex(), Some(key.id_hex()));
     }
 

@@ -17,7 +17,7 @@ use thermos_core::seal::Sealed;
 use thermos_core::status::ConnectionStatus;
 use time::OffsetDateTime;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{InstanceLockError, SqliteStore};
 
 /// How many attempts are kept per connection; older ones are pruned.
 pub const ATTEMPTS_KEPT_PER_CONNECTION: u32 = 50;

@@ -26,7 +26,7 @@ mod refresh;
 mod row;
 mod schedule;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Plain reads.
     reader: SqlitePool,
+    /// The database file.
+    path: PathBuf,
 }
 
 impl SqliteStore {
@@ -88,11 +90,45 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(options.clone())
             .await?;
+        let path = options.get_filename().to_path_buf();
         let reader = SqlitePoolOptions::new()
             .max_connections(READER_CONNECTIONS)
             .connect_with(options)
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the serving instance's exclusive lock: an OS lock on
+    /// `<database>.lock`, released when the returned file is dropped or the
+    /// process dies (even by SIGKILL). Only the holder may treat leases left
+    /// in the file as abandoned ([`Store::release_all_leases`]); a second
+    /// `thermos serve` on the same file fails here instead.
+    pub fn lock_instance(&self) -> Result<std::fs::File, InstanceLockError> {
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| InstanceLockError::Io {
+                path: lock_path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(InstanceLockError::Held { path: lock_path }),
+            Err(std::fs::TryLockError::Error(source)) => Err(InstanceLockError::Io {
+                path: lock_path,
+                source,
+            }),
+        }
     }
 
     /// Starts a write transaction holding the database's write lock from its
@@ -126,6 +162,26 @@ impl SqliteStore {
         self.reader.close().await;
         self.writer.close().await;
     }
+}
+
+/// Why the instance lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceLockError {
+    /// Another process serves this database file.
+    #[error("another thermos instance is serving this database (lock {} is held)", path.display())]
+    Held {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The lock file could not be opened or locked.
+    #[error("cannot lock {}", path.display())]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Parses a `sqlite:` URL into connect options (pragmas are added by the

@@ -293,7 +293,13 @@ async fn a_claim_moves_next_refresh_at_to_the_end_of_the_lease_without_bumping_t
         ..due
     };
     // The claimed record reports the planned due time; the row holds the lease's end.
-    assert_eq!(claimed, ConnectionRecord { next_refresh_at: planned, ..expected.clone() });
+    assert_eq!(
+        claimed,
+        ConnectionRecord {
+            next_refresh_at: planned,
+            ..expected.clone()
+        }
+    );
     assert_eq!(get(&*store, expected.id).await, expected);
     assert_eq!(store.next_due_at().await.unwrap(), Some(at(62)));
 }
@@ -301,11 +307,20 @@ async fn a_claim_moves_next_refresh_at_to_the_end_of_the_lease_without_bumping_t
 async fn record_attempt_logs_without_changing_the_connection_and_drops_the_owners_lease(store: Arc<dyn Store>) {
     let due = insert(&*store, due_connection("u1", -1)).await;
     store.claim_due("worker-1", at(2), at(62), 10).await.unwrap();
-    store.record_attempt(due.id, "someone-else", attempt("superseded", 3)).await.unwrap();
+    store
+        .record_attempt(due.id, "someone-else", attempt("superseded", 3))
+        .await
+        .unwrap();
     assert_eq!(get(&*store, due.id).await.lease_owner.as_deref(), Some("worker-1"));
-    store.record_attempt(due.id, "worker-1", attempt("superseded", 4)).await.unwrap();
+    store
+        .record_attempt(due.id, "worker-1", attempt("superseded", 4))
+        .await
+        .unwrap();
     let after = get(&*store, due.id).await;
-    assert_eq!((after.lease_owner, after.lease_until, after.version), (None, None, due.version));
+    assert_eq!(
+        (after.lease_owner, after.lease_until, after.version),
+        (None, None, due.version)
+    );
     assert_eq!(after.next_refresh_at, Some(at(62)));
     let attempts = store.list_attempts(due.id, 10).await.unwrap();
     assert_eq!(attempts.len(), 2);
@@ -316,7 +331,13 @@ async fn release_all_leases_makes_leased_connections_due_at_once(store: Arc<dyn 
     let leased = insert(&*store, due_connection("leased", -1)).await;
     let free = insert(&*store, due_connection("free", 500)).await;
     store.claim_due("dead-worker", at(2), at(3600), 10).await.unwrap();
-    assert!(store.claim_due("new-worker", at(5), at(65), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim_due("new-worker", at(5), at(65), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.release_all_leases(at(5)).await.unwrap(), 1);
     let claimed = store.claim_due("new-worker", at(5), at(65), 10).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [leased.id]);

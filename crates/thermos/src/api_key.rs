@@ -77,7 +77,13 @@ mod tests {
         assert_eq!(key_id(text), Some(created.record.key_id.as_str()));
         assert!(matches(&created.record, text));
         assert!(!matches(&created.record, &format!("{text}x")));
-        assert!(!created.record.secret_hash.windows(8).any(|w| text.as_bytes().windows(8).any(|t| t == w)));
+        assert!(
+            !created
+                .record
+                .secret_hash
+                .windows(8)
+                .any(|w| text.as_bytes().windows(8).any(|t| t == w))
+        );
     }
 
     #[test]

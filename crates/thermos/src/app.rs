@@ -30,11 +30,38 @@ const SHUTDOWN_GRACE_EXTRA: Duration = Duration::from_secs(5);
 
 /// Opens the configured store and applies migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(Arc::new(open_sqlite(config).await?))
+}
+
+async fn open_sqlite(config: &Config) -> anyhow::Result<SqliteStore> {
     let store = SqliteStore::open(&config.database_url)
         .await
         .with_context(|| format!("open database {}", config.database_url))?;
     store.migrate().await.context("apply database migrations")?;
-    Ok(Arc::new(store))
+    Ok(store)
+}
+
+/// Opens the store for serving: takes the instance lock (one serving
+/// process per SQLite file) and, since no other instance can be refreshing,
+/// frees the leases a crashed predecessor left behind so their connections
+/// are refreshed at once instead of after the lease expires.
+async fn open_serving_store(
+    config: &Config,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<(Arc<dyn Store>, std::fs::File)> {
+    let store = open_sqlite(config).await?;
+    let lock = store.lock_instance()?;
+    let released = store
+        .release_all_leases(now)
+        .await
+        .context("release abandoned leases")?;
+    if released > 0 {
+        tracing::warn!(
+            released,
+            "released leases left by a previous run that did not stop cleanly; refreshing those connections now"
+        );
+    }
+    Ok((Arc::new(store), lock))
 }
 
 /// A unique lease-owner name for this process.
@@ -51,6 +78,8 @@ pub struct Application {
     state: AppState,
     engine_enabled: bool,
     grace: Duration,
+    /// Held while this instance serves the database file.
+    _instance_lock: std::fs::File,
 }
 
 impl Application {
@@ -61,7 +90,7 @@ impl Application {
         admin_key: Option<SecretString>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
-        let store = open_store(config).await?;
+        let (store, instance_lock) = open_serving_store(config, clock.now()).await?;
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("listen on {}", config.server.listen))?;
@@ -84,6 +113,7 @@ impl Application {
             state,
             engine_enabled: config.engine.enabled,
             grace: config.refresh.request_timeout + SHUTDOWN_GRACE_EXTRA,
+            _instance_lock: instance_lock,
         })
     }
 

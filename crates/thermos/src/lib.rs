@@ -4,5 +4,12 @@
 //! refresh engine, the HTTP API and the CLI. `main.rs` only calls [`cli::run`].
 //! Read ARCHITECTURE.md for the map.
 
+pub mod api;
+pub mod api_key;
+pub mod app;
+pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod engine;
 pub mod provider;
+pub mod telemetry;

@@ -48,7 +48,10 @@ where
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         line.insert("ts".into(), Value::String(ts));
-        line.insert("level".into(), Value::String(event.metadata().level().as_str().to_ascii_lowercase()));
+        line.insert(
+            "level".into(),
+            Value::String(event.metadata().level().as_str().to_ascii_lowercase()),
+        );
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let extensions = span.extensions();

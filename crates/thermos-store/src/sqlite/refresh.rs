@@ -107,7 +107,12 @@ pub(super) async fn list_attempts(store: &SqliteStore, id: ConnectionId, page: u
 }
 
 /// Records an attempt alone and drops `owner`'s lease, in one transaction.
-pub(super) async fn record_attempt(store: &SqliteStore, id: ConnectionId, owner: &str, attempt: NewAttempt) -> StoreResult<()> {
+pub(super) async fn record_attempt(
+    store: &SqliteStore,
+    id: ConnectionId,
+    owner: &str,
+    attempt: NewAttempt,
+) -> StoreResult<()> {
     let id_text = id.to_string();
     let mut tx = store.begin_write().await?;
     insert_attempt(&mut tx, &id_text, &attempt).await?;

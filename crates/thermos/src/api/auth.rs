@@ -39,7 +39,10 @@ impl Caller {
             (Self::Admin, None) => Ok(DEFAULT_PROJECT.to_owned()),
             (Self::Project(own), None) => Ok(own.clone()),
             (Self::Project(own), Some(p)) if p == own => Ok(own.clone()),
-            (Self::Project(_), Some(_)) => Err(ApiError::new(ErrorKind::Forbidden, "this key may only act on its own project")),
+            (Self::Project(_), Some(_)) => Err(ApiError::new(
+                ErrorKind::Forbidden,
+                "this key may only act on its own project",
+            )),
         }
     }
 
@@ -56,7 +59,12 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let unauthorized = || ApiError::new(ErrorKind::Unauthorized, "missing or invalid API key (Authorization: Bearer <key>)");
+        let unauthorized = || {
+            ApiError::new(
+                ErrorKind::Unauthorized,
+                "missing or invalid API key (Authorization: Bearer <key>)",
+            )
+        };
         let presented = parts
             .headers
             .get(AUTHORIZATION)
@@ -71,7 +79,12 @@ impl FromRequestParts<AppState> for Caller {
             }
         }
         let key_id = api_key::key_id(presented).ok_or_else(unauthorized)?;
-        let record = state.engine.store().find_api_key(key_id).await?.ok_or_else(unauthorized)?;
+        let record = state
+            .engine
+            .store()
+            .find_api_key(key_id)
+            .await?
+            .ok_or_else(unauthorized)?;
         if api_key::matches(&record, presented) {
             Ok(Self::Project(record.project))
         } else {

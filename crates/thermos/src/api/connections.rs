@@ -41,7 +41,9 @@ pub async fn create(
     let project = caller.project_for(project.as_deref())?;
     let mut problems = Vec::new();
     if !is_valid_slug(&project) {
-        problems.push(format!("project: {project:?} is not a valid name (1-64 of a-z 0-9 - _ .)"));
+        problems.push(format!(
+            "project: {project:?} is not a valid name (1-64 of a-z 0-9 - _ .)"
+        ));
     }
     let app = state.engine.provider(&provider);
     if app.is_none() {
@@ -71,7 +73,10 @@ pub async fn create(
         provider,
         external_id,
         access_token: key.seal(&id, Field::AccessToken, &tokens.access_token),
-        refresh_token: tokens.refresh_token.as_ref().map(|t| key.seal(&id, Field::RefreshToken, t)),
+        refresh_token: tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| key.seal(&id, Field::RefreshToken, t)),
         token_type: tokens.token_type.clone().unwrap_or_else(|| "Bearer".to_owned()),
         scope: tokens.scope.clone(),
         issued_at,
@@ -108,7 +113,10 @@ pub async fn replace_tokens(
     let key = state.engine.key();
     let update = TokenUpdate {
         access_token: key.seal(&id, Field::AccessToken, &tokens.access_token),
-        refresh_token: tokens.refresh_token.as_ref().map(|t| key.seal(&id, Field::RefreshToken, t)),
+        refresh_token: tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| key.seal(&id, Field::RefreshToken, t)),
         token_type: tokens.token_type.clone().unwrap_or_else(|| "Bearer".to_owned()),
         scope: tokens.scope.clone(),
         issued_at,
@@ -146,13 +154,26 @@ pub async fn list(
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::bad_request(format!("limit: must be 1-{MAX_PAGE}")));
     }
-    let filter = ConnectionFilter { project: caller.project_filter(query.project)?, provider: query.provider, status };
+    let filter = ConnectionFilter {
+        project: caller.project_filter(query.project)?,
+        provider: query.provider,
+        status,
+    };
     let records = state.engine.store().list_connections(&filter, after, limit).await?;
-    let next_cursor = (records.len() as u32 == limit).then(|| records.last().map(|r| r.id.to_string())).flatten();
-    Ok(Json(ConnectionPage { data: records.iter().map(ConnectionView::from).collect(), next_cursor }))
+    let next_cursor = (records.len() as u32 == limit)
+        .then(|| records.last().map(|r| r.id.to_string()))
+        .flatten();
+    Ok(Json(ConnectionPage {
+        data: records.iter().map(ConnectionView::from).collect(),
+        next_cursor,
+    }))
 }
 
-pub async fn show(State(state): State<AppState>, caller: Caller, PathId(id): PathId) -> Result<Json<ConnectionView>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Json<ConnectionView>, ApiError> {
     let record = visible(&state, &caller, id).await?;
     Ok(Json(ConnectionView::from(&record)))
 }
@@ -194,7 +215,11 @@ pub async fn refresh(
     hand_out(&state.engine, token)
 }
 
-pub async fn reset(State(state): State<AppState>, caller: Caller, PathId(id): PathId) -> Result<Json<ConnectionView>, ApiError> {
+pub async fn reset(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Json<ConnectionView>, ApiError> {
     visible(&state, &caller, id).await?;
     let now = truncate_ms(state.engine.now());
     state
@@ -217,9 +242,14 @@ pub async fn attempts(
     ApiQuery(query): ApiQuery<AttemptsQuery>,
 ) -> Result<Json<DataList<AttemptView>>, ApiError> {
     visible(&state, &caller, id).await?;
-    let limit = query.limit.unwrap_or(thermos_store::ATTEMPTS_KEPT_PER_CONNECTION).clamp(1, 1000);
+    let limit = query
+        .limit
+        .unwrap_or(thermos_store::ATTEMPTS_KEPT_PER_CONNECTION)
+        .clamp(1, 1000);
     let attempts = state.engine.store().list_attempts(id, limit).await?;
-    Ok(Json(DataList { data: attempts.iter().map(AttemptView::from).collect() }))
+    Ok(Json(DataList {
+        data: attempts.iter().map(AttemptView::from).collect(),
+    }))
 }
 
 /// The connection if the caller may see it; another project's is a 404.
@@ -236,7 +266,10 @@ fn hand_out(engine: &Engine, token: FreshToken) -> Result<Json<TokenView>, ApiEr
     let expires_in = (token.expires_at - now).whole_seconds();
     if token.expires_at <= now {
         tracing::error!("refusing to hand out an expired token");
-        return Err(ApiError::new(ErrorKind::Unavailable, "the token expired and could not be refreshed yet"));
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "the token expired and could not be refreshed yet",
+        ));
     }
     Ok(Json(TokenView {
         access_token: token.access_token.expose_secret().to_owned(),
@@ -257,7 +290,11 @@ fn token_lifetime(
     if tokens.access_token.expose_secret().is_empty() {
         problems.push("access_token: must not be empty".to_owned());
     }
-    if tokens.refresh_token.as_ref().is_some_and(|t| t.expose_secret().is_empty()) {
+    if tokens
+        .refresh_token
+        .as_ref()
+        .is_some_and(|t| t.expose_secret().is_empty())
+    {
         problems.push("refresh_token: must not be empty when given".to_owned());
     }
     let expires_at = match (tokens.expires_in, tokens.expires_at) {
@@ -277,5 +314,10 @@ fn token_lifetime(
 }
 
 fn plan_refresh(engine: &Engine, issued_at: OffsetDateTime, expires_at: OffsetDateTime) -> OffsetDateTime {
-    truncate_ms(plan::next_refresh_at(issued_at, expires_at, engine.settings().policy.margin, Jitter::random()))
+    truncate_ms(plan::next_refresh_at(
+        issued_at,
+        expires_at,
+        engine.settings().policy.margin,
+        Jitter::random(),
+    ))
 }

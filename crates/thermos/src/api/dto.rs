@@ -146,7 +146,12 @@ pub struct LastErrorView {
 
 impl From<&LastError> for LastErrorView {
     fn from(e: &LastError) -> Self {
-        Self { code: e.code.clone(), message: e.message.clone(), http_status: e.http_status, at: e.at }
+        Self {
+            code: e.code.clone(),
+            message: e.message.clone(),
+            http_status: e.http_status,
+            at: e.at,
+        }
     }
 }
 
@@ -194,7 +199,9 @@ pub struct TokenView {
 
 impl std::fmt::Debug for TokenView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenView").field("expires_at", &self.expires_at).finish_non_exhaustive()
+        f.debug_struct("TokenView")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
     }
 }
 

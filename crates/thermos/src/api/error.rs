@@ -57,7 +57,11 @@ impl ErrorKind {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), retry_after: None }
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadRequest, message)
@@ -66,7 +70,10 @@ impl ApiError {
         Self::new(ErrorKind::NotFound, format!("{what} not found"))
     }
     pub fn internal() -> Self {
-        Self::new(ErrorKind::Internal, "internal error; see the server log for this request_id")
+        Self::new(
+            ErrorKind::Internal,
+            "internal error; see the server log for this request_id",
+        )
     }
     pub fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
@@ -92,7 +99,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, kind, status) = self.kind.parts();
         let request_id = REQUEST_ID.try_with(Clone::clone).unwrap_or_default();
-        let body = Body { error: BodyInner { code, kind, message: &self.message, request_id } };
+        let body = Body {
+            error: BodyInner {
+                code,
+                kind,
+                message: &self.message,
+                request_id,
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         let retry_after = match (self.retry_after, self.kind) {
             (Some(d), _) => Some(d),
@@ -127,11 +141,14 @@ impl From<TokenError> for ApiError {
             TokenError::NotFound => Self::not_found("connection"),
             TokenError::NeedsReauth { .. } => Self::new(ErrorKind::NeedsReauth, error.to_string()),
             TokenError::NotRefreshable { .. } => Self::new(ErrorKind::Conflict, error.to_string()),
-            TokenError::ProviderFailed { retry_after: Some(after), .. } => {
-                Self::new(ErrorKind::Unavailable, error.to_string()).with_retry_after(after)
-            }
+            TokenError::ProviderFailed {
+                retry_after: Some(after),
+                ..
+            } => Self::new(ErrorKind::Unavailable, error.to_string()).with_retry_after(after),
             TokenError::ProviderFailed { .. } => Self::new(ErrorKind::ProviderError, error.to_string()),
-            TokenError::Busy { retry_after } => Self::new(ErrorKind::Unavailable, error.to_string()).with_retry_after(retry_after),
+            TokenError::Busy { retry_after } => {
+                Self::new(ErrorKind::Unavailable, error.to_string()).with_retry_after(retry_after)
+            }
             TokenError::Internal(message) => {
                 tracing::error!(error.message = %message, "token request failed");
                 Self::internal()

@@ -67,7 +67,9 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(request_context))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
-        .layer(SetSensitiveRequestHeadersLayer::new([axum::http::header::AUTHORIZATION]))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            axum::http::header::AUTHORIZATION,
+        ]))
 }
 
 /// Puts the request id where error bodies and log lines find it, and logs
@@ -118,7 +120,11 @@ async fn ready(State(state): State<AppState>) -> Response {
     if reasons.is_empty() {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reasons": reasons}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reasons": reasons})),
+        )
+            .into_response()
     }
 }
 

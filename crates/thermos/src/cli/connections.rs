@@ -38,12 +38,29 @@ pub async fn run(config: &Config, command: ConnectionsCommand) -> anyhow::Result
     let store = app::open_store(config).await?;
     let now = OffsetDateTime::now_utc();
     match command {
-        ConnectionsCommand::List { project, provider, status, limit } => {
-            let filter = ConnectionFilter { project, provider, status };
+        ConnectionsCommand::List {
+            project,
+            provider,
+            status,
+            limit,
+        } => {
+            let filter = ConnectionFilter {
+                project,
+                provider,
+                status,
+            };
             let records = store.list_connections(&filter, None, limit.clamp(1, 10_000)).await?;
             let mut table = Table::new();
             table.load_preset(UTF8_BORDERS_ONLY).set_header([
-                "id", "project", "provider", "external_id", "status", "expires", "next refresh", "refreshes", "failures",
+                "id",
+                "project",
+                "provider",
+                "external_id",
+                "status",
+                "expires",
+                "next refresh",
+                "refreshes",
+                "failures",
                 "last error",
             ]);
             for r in &records {
@@ -54,7 +71,9 @@ pub async fn run(config: &Config, command: ConnectionsCommand) -> anyhow::Result
                     r.external_id.clone(),
                     r.status.to_string(),
                     relative(r.expires_at, now),
-                    r.next_refresh_at.map(|t| relative(t, now)).unwrap_or_else(|| "-".into()),
+                    r.next_refresh_at
+                        .map(|t| relative(t, now))
+                        .unwrap_or_else(|| "-".into()),
                     r.refresh_count.to_string(),
                     r.consecutive_failures.to_string(),
                     r.last_error.as_ref().map(|e| e.code.clone()).unwrap_or_default(),
@@ -99,12 +118,20 @@ fn print_connection(r: &ConnectionRecord, now: OffsetDateTime) {
         ("external_id", r.external_id.clone()),
         ("status", r.status.to_string()),
         ("scope", r.scope.clone().unwrap_or_default()),
-        ("expires_at", format!("{} ({})", rfc3339(r.expires_at), relative(r.expires_at, now))),
+        (
+            "expires_at",
+            format!("{} ({})", rfc3339(r.expires_at), relative(r.expires_at, now)),
+        ),
         (
             "next_refresh_at",
-            r.next_refresh_at.map(|t| format!("{} ({})", rfc3339(t), relative(t, now))).unwrap_or_else(|| "-".into()),
+            r.next_refresh_at
+                .map(|t| format!("{} ({})", rfc3339(t), relative(t, now)))
+                .unwrap_or_else(|| "-".into()),
         ),
-        ("last_refreshed_at", r.last_refreshed_at.map(rfc3339).unwrap_or_else(|| "-".into())),
+        (
+            "last_refreshed_at",
+            r.last_refreshed_at.map(rfc3339).unwrap_or_else(|| "-".into()),
+        ),
         ("refresh_count", r.refresh_count.to_string()),
         ("consecutive_failures", r.consecutive_failures.to_string()),
         (
@@ -138,11 +165,16 @@ fn relative(t: OffsetDateTime, now: OffsetDateTime) -> String {
         s if s < 172_800 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86_400),
     };
-    if sign == "-" { format!("{text} ago") } else { format!("{sign}{text}") }
+    if sign == "-" {
+        format!("{text} ago")
+    } else {
+        format!("{sign}{text}")
+    }
 }
 
 fn parse_status(raw: &str) -> Result<ConnectionStatus, String> {
-    ConnectionStatus::parse(raw).ok_or_else(|| format!("unknown status {raw:?} (active, failing, needs_reauth, disabled)"))
+    ConnectionStatus::parse(raw)
+        .ok_or_else(|| format!("unknown status {raw:?} (active, failing, needs_reauth, disabled)"))
 }
 
 fn parse_id(raw: &str) -> Result<ConnectionId, String> {

@@ -26,7 +26,10 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             }
             let store = app::open_store(config).await?;
             let created = api_key::create(&project, time::OffsetDateTime::now_utc());
-            store.insert_api_key(created.record.clone()).await.context("store the key")?;
+            store
+                .insert_api_key(created.record.clone())
+                .await
+                .context("store the key")?;
             eprintln!("Created an API key for project {project}. It is shown only now; store it safely:");
             println!("{}", created.key.expose_secret());
             Ok(())

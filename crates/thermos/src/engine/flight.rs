@@ -40,7 +40,9 @@ pub enum RefreshFailure {
     /// No such connection.
     NotFound,
     /// The connection is not in a state that may be refreshed.
-    NotRefreshable { status: thermos_core::status::ConnectionStatus },
+    NotRefreshable {
+        status: thermos_core::status::ConnectionStatus,
+    },
     /// The grant is dead: the user must reconnect.
     NeedsReauth { code: String, message: String },
     /// The attempt failed; the connection is `failing` and will retry.

@@ -18,6 +18,7 @@ mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use thermos_core::clock::Clock;
@@ -103,6 +104,9 @@ struct Inner {
     permits: Arc<Semaphore>,
     flights: flight::Flights,
     wake: Notify,
+    /// When the scheduler plans to look next (Unix ms; `i64::MAX` while a
+    /// tick runs). A refresh that plans an earlier due time wakes it.
+    sleeping_until_ms: AtomicI64,
     tasks: TaskTracker,
     stats: EngineStats,
 }
@@ -129,6 +133,7 @@ impl Engine {
                 permits,
                 flights: flight::Flights::default(),
                 wake: Notify::new(),
+                sleeping_until_ms: AtomicI64::new(i64::MAX),
                 tasks: TaskTracker::new(),
                 stats: EngineStats::default(),
             }),
@@ -138,6 +143,14 @@ impl Engine {
     /// Wakes the scheduler early (after an import, a reset, new tokens).
     pub fn wake(&self) {
         self.inner.wake.notify_one();
+    }
+
+    /// Wakes the scheduler if it sleeps past `due`.
+    fn wake_if_before(inner: &Inner, due: OffsetDateTime) {
+        let due_ms = (due.unix_timestamp_nanos() / 1_000_000) as i64;
+        if due_ms < inner.sleeping_until_ms.load(Ordering::Relaxed) {
+            inner.wake.notify_one();
+        }
     }
 
     /// The clock the engine reads.
@@ -188,7 +201,8 @@ impl Engine {
     }
 }
 
-pub use refresh::{error_chain, truncate_ms};
+pub use refresh::error_chain;
+pub use thermos_store::truncate_to_millis as truncate_ms;
 
 impl Engine {
     /// Waits (bounded by `within`) until no refresh is in flight; true if

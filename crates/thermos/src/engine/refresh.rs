@@ -17,6 +17,7 @@ use thermos_core::oauth::{RefreshOutcome, TokenGrant};
 use thermos_core::plan::{self, Jitter};
 use thermos_core::seal::Field;
 use thermos_core::status::ConnectionStatus;
+use thermos_store::truncate_to_millis as truncate_ms;
 use thermos_store::{Claim, ConnectionRecord, FailureUpdate, FinishOutcome, LastError, NewAttempt, TokenUpdate};
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
@@ -24,10 +25,14 @@ use tracing::{info, warn};
 
 use super::flight::{Flight, FlightResult, RefreshFailure};
 use super::token::FreshToken;
-use super::{Inner, Trigger};
+use super::{Engine, Inner, Trigger};
 
 /// Claims `id`'s lease (waiting for a global permit first), then refreshes.
-pub(super) async fn claim_and_refresh(inner: &Arc<Inner>, id: thermos_core::id::ConnectionId, trigger: Trigger) -> FlightResult {
+pub(super) async fn claim_and_refresh(
+    inner: &Arc<Inner>,
+    id: thermos_core::id::ConnectionId,
+    trigger: Trigger,
+) -> FlightResult {
     let permit = Arc::clone(&inner.permits)
         .acquire_owned()
         .await
@@ -60,17 +65,26 @@ pub(super) async fn refresh_claimed(
     let started_at = inner.clock.now();
     let started = Instant::now();
     let Some(app) = inner.providers.get(&record.provider) else {
-        let failure = Failure::local("provider_not_configured", format!("provider {} is not configured", record.provider));
+        let failure = Failure::local(
+            "provider_not_configured",
+            format!("provider {} is not configured", record.provider),
+        );
         return fail(inner, &record, trigger, started_at, started, failure).await;
     };
     let Some(sealed_refresh) = &record.refresh_token else {
-        let failure = Failure::permanent("no_refresh_token", "the connection has no refresh token; the user must reconnect");
+        let failure = Failure::permanent(
+            "no_refresh_token",
+            "the connection has no refresh token; the user must reconnect",
+        );
         return fail(inner, &record, trigger, started_at, started, failure).await;
     };
     let refresh_token = match inner.key.open(&record.id, Field::RefreshToken, sealed_refresh) {
         Ok(token) => token,
         Err(e) => {
-            let failure = Failure::local("unreadable_token", format!("stored refresh token cannot be opened: {e}"));
+            let failure = Failure::local(
+                "unreadable_token",
+                format!("stored refresh token cannot be opened: {e}"),
+            );
             return fail(inner, &record, trigger, started_at, started, failure).await;
         }
     };
@@ -80,11 +94,21 @@ pub(super) async fn refresh_claimed(
         RefreshOutcome::Refreshed(grant) => commit(inner, &record, trigger, started_at, started, grant).await,
         RefreshOutcome::InvalidGrant(_) if lost_race(inner, &record).await => {
             inner.stats.superseded();
-            let attempt = attempt(trigger, started_at, started, "superseded", Some("invalid_grant"), outcome.http_status());
-            let _ = inner
+            let attempt = attempt(
+                trigger,
+                started_at,
+                started,
+                "superseded",
+                Some("invalid_grant"),
+                outcome.http_status(),
+            );
+            if let Err(e) = inner
                 .store
-                .record_failure(record.id, -1, failure_update_unused(started_at), attempt)
-                .await;
+                .record_attempt(record.id, &inner.settings.owner, attempt)
+                .await
+            {
+                store_failure("record superseded attempt", &e);
+            }
             info!(connection_id = %record.id, "invalid_grant after another refresh won; not a dead grant");
             Ok(Flight::Superseded)
         }
@@ -132,9 +156,14 @@ async fn commit(
         next_refresh_at,
     };
     let attempt = attempt(trigger, started_at, started, "refreshed", None, Some(200));
-    match inner.store.finish_refresh(record.id, record.version, update, attempt).await {
+    match inner
+        .store
+        .finish_refresh(record.id, record.version, update, attempt)
+        .await
+    {
         Ok(FinishOutcome::Committed(saved)) => {
             inner.stats.refreshed();
+            Engine::wake_if_before(inner, next_refresh_at);
             info!(
                 connection_id = %record.id,
                 provider = %record.provider,
@@ -184,18 +213,27 @@ struct Failure {
 
 impl Failure {
     fn local(code: &str, message: String) -> Self {
-        Self { code: code.into(), message, http_status: None, retry_after: None, permanent: false }
+        Self {
+            code: code.into(),
+            message,
+            http_status: None,
+            retry_after: None,
+            permanent: false,
+        }
     }
 
     fn permanent(code: &str, message: &str) -> Self {
-        Self { code: code.into(), message: message.into(), http_status: None, retry_after: None, permanent: true }
+        Self {
+            code: code.into(),
+            message: message.into(),
+            http_status: None,
+            retry_after: None,
+            permanent: true,
+        }
     }
 
     fn from_outcome(outcome: &RefreshOutcome, permanent: bool) -> Self {
-        let retry_after = match outcome {
-            RefreshOutcome::RateLimited { retry_after, .. } => *retry_after,
-            _ => None,
-        };
+        let retry_after = outcome.retry_after();
         Self {
             code: outcome.error_code().unwrap_or("unknown").to_owned(),
             message: outcome.message(),
@@ -220,8 +258,18 @@ async fn fail(
     let (status, next_refresh_at, entered_recovery) = if failure.permanent {
         (ConnectionStatus::NeedsReauth, None, false)
     } else {
-        let plan = plan::after_transient_failure(&inner.settings.policy, failures, now, failure.retry_after, Jitter::random());
-        (plan.status, Some(truncate_ms(plan.next_attempt_at)), plan.entered_recovery)
+        let plan = plan::after_transient_failure(
+            &inner.settings.policy,
+            failures,
+            now,
+            failure.retry_after,
+            Jitter::random(),
+        );
+        (
+            plan.status,
+            Some(truncate_ms(plan.next_attempt_at)),
+            plan.entered_recovery,
+        )
     };
     let update = FailureUpdate {
         status,
@@ -234,7 +282,14 @@ async fn fail(
         },
         next_refresh_at,
     };
-    let attempt = attempt(trigger, started_at, started, "failed", Some(&failure.code), failure.http_status);
+    let attempt = attempt(
+        trigger,
+        started_at,
+        started,
+        "failed",
+        Some(&failure.code),
+        failure.http_status,
+    );
     inner.stats.failed();
     if failure.permanent {
         inner.stats.needs_reauth();
@@ -257,8 +312,14 @@ async fn fail(
         .record_failure(record.id, record.version, update, attempt)
         .await
         .map_err(|e| store_failure("record failure", &e))?;
+    if let Some(next) = next_refresh_at {
+        Engine::wake_if_before(inner, next);
+    }
     Err(if failure.permanent {
-        RefreshFailure::NeedsReauth { code: failure.code, message: failure.message }
+        RefreshFailure::NeedsReauth {
+            code: failure.code,
+            message: failure.message,
+        }
     } else {
         RefreshFailure::Failed {
             code: failure.code,
@@ -269,26 +330,22 @@ async fn fail(
     })
 }
 
-/// A failure update that is never applied (its version check cannot match);
-/// used to record an attempt without touching the connection.
-fn failure_update_unused(at: OffsetDateTime) -> FailureUpdate {
-    FailureUpdate {
-        status: ConnectionStatus::Failing,
-        consecutive_failures: 0,
-        last_error: LastError { code: String::new(), message: String::new(), http_status: None, at },
-        next_refresh_at: None,
-    }
-}
-
 async fn release(inner: &Arc<Inner>, record: &ConnectionRecord, next_refresh_at: OffsetDateTime) {
-    if let Err(e) = inner.store.release_lease(record.id, &inner.settings.owner, next_refresh_at).await {
+    if let Err(e) = inner
+        .store
+        .release_lease(record.id, &inner.settings.owner, next_refresh_at)
+        .await
+    {
         warn!(connection_id = %record.id, error.message = %e, "releasing a lease failed; it will expire");
     }
 }
 
 fn not_refreshable(record: &ConnectionRecord) -> RefreshFailure {
     match (record.status, &record.last_error) {
-        (ConnectionStatus::NeedsReauth, Some(e)) => RefreshFailure::NeedsReauth { code: e.code.clone(), message: e.message.clone() },
+        (ConnectionStatus::NeedsReauth, Some(e)) => RefreshFailure::NeedsReauth {
+            code: e.code.clone(),
+            message: e.message.clone(),
+        },
         (ConnectionStatus::NeedsReauth, None) => RefreshFailure::NeedsReauth {
             code: "needs_reauth".into(),
             message: "the user must reconnect".into(),
@@ -332,14 +389,10 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     chain
 }
 
-/// Timestamps are stored at millisecond precision; truncate before storing
-/// so what is handed out equals what is read back.
-pub fn truncate_ms(t: OffsetDateTime) -> OffsetDateTime {
-    let nanos = t.nanosecond();
-    t.replace_nanosecond(nanos - nanos % 1_000_000).unwrap_or(t)
-}
-
 /// Opens the stored access token of a record.
-pub(super) fn open_access(inner: &Inner, record: &ConnectionRecord) -> Result<SecretString, thermos_core::seal::SealError> {
+pub(super) fn open_access(
+    inner: &Inner,
+    record: &ConnectionRecord,
+) -> Result<SecretString, thermos_core::seal::SealError> {
     inner.key.open(&record.id, Field::AccessToken, &record.access_token)
 }

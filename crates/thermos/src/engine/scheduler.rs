@@ -6,6 +6,7 @@
 //! due" are index range lookups in the store.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -39,7 +40,10 @@ impl Engine {
         }
         let limit = free.min(CLAIM_BATCH);
         let lease_until = now + inner.settings.lease_ttl();
-        let claimed = inner.store.claim_due(&inner.settings.owner, now, lease_until, limit).await?;
+        let claimed = inner
+            .store
+            .claim_due(&inner.settings.owner, now, lease_until, limit)
+            .await?;
         let batch_full = claimed.len() as u32 == limit;
         for record in claimed {
             let planned = record.next_refresh_at.unwrap_or(now);
@@ -51,7 +55,11 @@ impl Engine {
                 }
                 Err(_) => {
                     // An on-demand refresh took the permit meanwhile: hand the connection back.
-                    if let Err(e) = inner.store.release_lease(record.id, &inner.settings.owner, planned).await {
+                    if let Err(e) = inner
+                        .store
+                        .release_lease(record.id, &inner.settings.owner, planned)
+                        .await
+                    {
                         warn!(connection_id = %record.id, error.message = %e, "releasing a lease failed; it will expire");
                     }
                 }
@@ -87,6 +95,9 @@ impl Engine {
                 NextWake::At(at) => Duration::try_from(at - self.now()).unwrap_or_default().min(MAX_IDLE),
                 NextWake::Idle | NextWake::Saturated => MAX_IDLE,
             };
+            let until = self.now() + pause;
+            let until_ms = (until.unix_timestamp_nanos() / 1_000_000) as i64;
+            self.inner.sleeping_until_ms.store(until_ms, Ordering::Relaxed);
             let permits = Arc::clone(&self.inner.permits);
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -94,6 +105,8 @@ impl Engine {
                 _ = tokio::time::sleep(pause) => {}
                 _ = permits.acquire(), if wake == NextWake::Saturated => {}
             }
+            // While a tick runs, any new due time wakes the next sleep at once (no lost wake-up).
+            self.inner.sleeping_until_ms.store(i64::MAX, Ordering::Relaxed);
         }
     }
 }

@@ -88,7 +88,9 @@ impl Engine {
                     let wanted = plan::effective_min_ttl(min_ttl, record.issued_at, record.expires_at);
                     record.expires_at > now && remaining(&record, now) >= wanted
                 }
-                Need::ReplaceRejected(Some(rejected)) => record.expires_at > now && !self.is_current(&record, rejected)?,
+                Need::ReplaceRejected(Some(rejected)) => {
+                    record.expires_at > now && !self.is_current(&record, rejected)?
+                }
                 Need::ReplaceRejected(None) => false,
             };
             if current_is_enough && record.expires_at > now {
@@ -137,7 +139,9 @@ impl Engine {
 
     fn is_current(&self, record: &ConnectionRecord, candidate: &str) -> Result<bool, TokenError> {
         let current = open_access(&self.inner, record).map_err(|e| TokenError::Internal(format!("open token: {e}")))?;
-        Ok(bool::from(current.expose_secret().as_bytes().ct_eq(candidate.as_bytes())))
+        Ok(bool::from(
+            current.expose_secret().as_bytes().ct_eq(candidate.as_bytes()),
+        ))
     }
 
     fn current(&self, record: &ConnectionRecord) -> Result<FreshToken, TokenError> {
@@ -179,8 +183,14 @@ fn check_status(record: &ConnectionRecord) -> Result<(), TokenError> {
     match record.status {
         ConnectionStatus::Active | ConnectionStatus::Failing => Ok(()),
         ConnectionStatus::NeedsReauth => Err(match &record.last_error {
-            Some(e) => TokenError::NeedsReauth { code: e.code.clone(), message: e.message.clone() },
-            None => TokenError::NeedsReauth { code: "needs_reauth".into(), message: "the user must reconnect".into() },
+            Some(e) => TokenError::NeedsReauth {
+                code: e.code.clone(),
+                message: e.message.clone(),
+            },
+            None => TokenError::NeedsReauth {
+                code: "needs_reauth".into(),
+                message: "the user must reconnect".into(),
+            },
         }),
         status => Err(TokenError::NotRefreshable { status }),
     }
@@ -192,9 +202,17 @@ impl From<RefreshFailure> for TokenError {
             RefreshFailure::NotFound => Self::NotFound,
             RefreshFailure::NotRefreshable { status } => Self::NotRefreshable { status },
             RefreshFailure::NeedsReauth { code, message } => Self::NeedsReauth { code, message },
-            RefreshFailure::Failed { code, message, http_status, retry_after } => {
-                Self::ProviderFailed { code, message, http_status, retry_after }
-            }
+            RefreshFailure::Failed {
+                code,
+                message,
+                http_status,
+                retry_after,
+            } => Self::ProviderFailed {
+                code,
+                message,
+                http_status,
+                retry_after,
+            },
             RefreshFailure::Internal(message) => Self::Internal(message),
         }
     }

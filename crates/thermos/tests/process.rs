@@ -1,0 +1,299 @@
+//! The real `thermos` binary as a process: killed mid-work and restarted on
+//! the same SQLite file, and its log output and database file searched for
+//! secrets.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{ADMIN_KEY, PROVIDER, config_toml, eventually};
+use serde_json::{Value, json};
+use thermos_testprovider::{Fault, IssuedGrant, ProviderOptions, TestProvider};
+
+struct Server {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `thermos serve` and waits until it says where it listens.
+    async fn start(config: &Path, log: PathBuf) -> Self {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_thermos"))
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("THERMOS_ADMIN_KEY", ADMIN_KEY)
+            .env(
+                "RUST_LOG",
+                "debug,hyper=info,h2=info,sqlx=info,reqwest=info,rustls=info,tower=info",
+            )
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start thermos");
+        let mut listen = None;
+        let found = eventually(Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            listen = text
+                .lines()
+                .rev()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| l["msg"] == "thermos is serving")
+                .and_then(|l| l["listen"].as_str().map(str::to_owned));
+            std::future::ready(listen.is_some())
+        })
+        .await;
+        assert!(
+            found,
+            "server did not start:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Self {
+            child,
+            base: format!("http://{}", listen.unwrap()),
+            log,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
+    let mut request = http.request(method, url).bearer_auth(ADMIN_KEY);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn import_all(http: &reqwest::Client, base: &str, grants: &[IssuedGrant], expires_in: u64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (i, grant) in grants.iter().enumerate() {
+        let body = json!({"project": "p1", "provider": PROVIDER, "external_id": format!("user-{i}"),
+            "access_token": grant.access_token, "refresh_token": grant.refresh_token, "expires_in": expires_in});
+        let (status, created) = call(
+            http,
+            reqwest::Method::POST,
+            format!("{base}/v1/connections"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+fn write_config(dir: &Path, provider: &TestProvider) -> PathBuf {
+    let path = dir.join("thermos.toml");
+    let refresh = "request_timeout = \"5s\"\nbackoff_initial = \"1s\"\nbackoff_max = \"2s\"\n";
+    std::fs::write(&path, config_toml(dir, &provider.token_url(), true, refresh)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_work_and_restarting_it_loses_and_duplicates_nothing() {
+    // A strict rotating provider with a reuse grace window (as Atlassian,
+    // Xero, Okta have): a response lost in the crash can be retried once.
+    let provider = TestProvider::start(ProviderOptions {
+        access_token_ttl: Duration::from_secs(3),
+        reuse_grace: Duration::from_secs(60),
+        latency: Duration::from_millis(150),
+        ..ProviderOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &provider);
+    let http = reqwest::Client::new();
+    let mut server = Server::start(&config, dir.path().join("run1.log")).await;
+    let grants: Vec<_> = (0..60).map(|_| provider.issue_grant()).collect();
+    let ids = import_all(&http, &server.base, &grants, 2).await;
+
+    // Kill it while refreshes are in flight.
+    let busy = eventually(Duration::from_secs(20), || {
+        std::future::ready(provider.refreshes() >= 40 && provider.in_flight() > 0)
+    })
+    .await;
+    assert!(busy, "no refresh in flight to interrupt");
+    server.kill();
+    let refreshes_at_kill = provider.refreshes();
+
+    let mut server = Server::start(&config, dir.path().join("run2.log")).await;
+    let base = server.base.clone();
+    let restart_log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        restart_log.contains("released leases left by a previous run"),
+        "the kill interrupted no refresh:\n{restart_log}"
+    );
+    let all_refreshed_again = eventually(Duration::from_secs(30), || {
+        let (http, base, ids) = (&http, &base, &ids);
+        async move {
+            let (_, page) = call(
+                http,
+                reqwest::Method::GET,
+                format!("{base}/v1/connections?limit=1000"),
+                None,
+            )
+            .await;
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            data.len() == ids.len()
+                && data
+                    .iter()
+                    .all(|c| c["status"] == "active" && c["refresh_count"].as_i64().unwrap_or(0) >= 2)
+        }
+    })
+    .await;
+    assert!(all_refreshed_again, "not every connection recovered after the restart");
+    assert!(provider.refreshes() > refreshes_at_kill);
+
+    // Nothing lost: every connection hands out a token the provider accepts.
+    for id in &ids {
+        let (status, token) = call(
+            &http,
+            reqwest::Method::GET,
+            format!("{base}/v1/connections/{id}/token"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{token}");
+        assert!(
+            provider.access_token_is_valid(token["access_token"].as_str().unwrap()),
+            "{id} holds a dead token"
+        );
+    }
+    // Nothing duplicated: one row per account, never two refreshes of one grant at once, no grant revoked.
+    let (_, page) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{base}/v1/connections?limit=1000"),
+        None,
+    )
+    .await;
+    assert_eq!(page["data"].as_array().unwrap().len(), ids.len());
+    for grant in &grants {
+        assert!(!provider.is_revoked(&grant.grant));
+        assert_eq!(provider.max_in_flight_for(&grant.grant), 1);
+    }
+    assert_eq!(
+        provider.reuse_detected(),
+        0,
+        "a refresh token was reused outside the grace window"
+    );
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_or_secret_appears_in_the_logs_or_the_database_file() {
+    let provider = TestProvider::start(ProviderOptions {
+        access_token_ttl: Duration::from_secs(2),
+        ..ProviderOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &provider);
+    let http = reqwest::Client::new();
+    let mut server = Server::start(&config, dir.path().join("serve.log")).await;
+    let base = server.base.clone();
+    let grants: Vec<_> = (0..5).map(|_| provider.issue_grant()).collect();
+    let ids = import_all(&http, &base, &grants, 2).await;
+    let mut secrets: Vec<String> = vec![ADMIN_KEY.into(), thermos_testprovider::DEFAULT_CLIENT_SECRET.into()];
+    for g in &grants {
+        secrets.push(g.access_token.clone());
+        secrets.push(g.refresh_token.clone());
+    }
+
+    // Exercise success, failures, a dead grant, forced refreshes and bad requests.
+    provider.push_faults([
+        Fault::Unavailable,
+        Fault::Malformed,
+        Fault::RateLimited { retry_after_secs: 1 },
+    ]);
+    provider.revoke(&grants[4].grant);
+    let refreshed = eventually(Duration::from_secs(20), || {
+        std::future::ready(provider.refreshes() >= 10)
+    })
+    .await;
+    assert!(refreshed);
+    for id in &ids[..4] {
+        let (status, token) = call(
+            &http,
+            reqwest::Method::GET,
+            format!("{base}/v1/connections/{id}/token"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{token}");
+        let access = token["access_token"].as_str().unwrap().to_owned();
+        let (_, forced) = call(
+            &http,
+            reqwest::Method::POST,
+            format!("{base}/v1/connections/{id}/refresh"),
+            Some(json!({"rejected_token": access})),
+        )
+        .await;
+        secrets.push(access);
+        secrets.push(forced["access_token"].as_str().unwrap_or_default().to_owned());
+    }
+    for g in &grants {
+        secrets.extend(provider.current_refresh_token(&g.grant));
+    }
+    let (status, _) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/v1/connections"),
+        Some(json!({"provider": "nope", "external_id": "x", "access_token": grants[0].access_token})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    server.terminate();
+
+    let log = std::fs::read(&server.log).unwrap();
+    assert!(log.len() > 1000, "the log is suspiciously short");
+    let log_text = String::from_utf8_lossy(&log).into_owned();
+    assert!(
+        log_text.contains("refreshed") && log_text.contains("refresh failed"),
+        "log lacks refresh lines"
+    );
+    let mut files = vec![("log", log)];
+    for name in ["thermos.db", "thermos.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join(name)) {
+            files.push((name, bytes));
+        }
+    }
+    let secrets: Vec<_> = secrets.into_iter().filter(|s| s.len() >= 8).collect();
+    assert!(secrets.len() >= 20);
+    for (name, bytes) in &files {
+        for secret in &secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a secret appears in clear in {name}"
+            );
+        }
+    }
+    // Every log line is JSON with the agreed fields.
+    for line in log_text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(
+            value["ts"].is_string() && value["level"].is_string() && value["msg"].is_string(),
+            "{line}"
+        );
+    }
+}
