@@ -73,10 +73,10 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .ok_or_else(unauthorized)?;
-        if let Some(admin) = &state.admin_key {
-            if api_key::secrets_equal(admin.expose_secret(), presented) {
-                return Ok(Self::Admin);
-            }
+        if let Some(admin) = &state.admin_key
+            && api_key::secrets_equal(admin.expose_secret(), presented)
+        {
+            return Ok(Self::Admin);
         }
         let key_id = api_key::key_id(presented).ok_or_else(unauthorized)?;
         let record = state
