@@ -292,3 +292,84 @@ async fn the_background_scheduler_keeps_short_lived_tokens_fresh_on_its_own() {
     assert_eq!(app.provider.reuse_detected(), 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_user_reconnecting_during_a_refresh_is_not_mistaken_for_a_dead_grant() {
+    let app = spawn_app_with(AppOptions {
+        manual_clock: true,
+        provider: ProviderOptions {
+            latency: Duration::from_millis(400),
+            ..ProviderOptions::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let grant = app.provider.issue_grant();
+    let id = app.import(&grant, "user-1", 600).await;
+
+    // A forced refresh is on its way to the provider with the old grant...
+    let forced = tokio::spawn(
+        app.http
+            .post(app.url(&format!("/v1/connections/{id}/refresh")))
+            .bearer_auth(common::ADMIN_KEY)
+            .send(),
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || std::future::ready(
+            app.provider.in_flight() > 0
+        ))
+        .await
+    );
+    // ...when the user reconnects: the provider drops the old grant, Thermos gets new tokens.
+    app.provider.revoke(&grant.grant);
+    let fresh = app.provider.issue_grant();
+    let (status, _) = app
+        .send(
+            app.http
+                .put(app.url(&format!("/v1/connections/{id}/tokens")))
+                .json(&json!({
+                    "access_token": fresh.access_token, "refresh_token": fresh.refresh_token, "expires_in": 600
+                })),
+            common::ADMIN_KEY,
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // The old grant's invalid_grant lost the race: the caller gets the new token, nothing is dead.
+    let answer = forced.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["access_token"], fresh.access_token.as_str());
+    let c = app.connection(&id).await;
+    assert_eq!(c["status"], "active");
+    assert_eq!(c["last_error"], serde_json::Value::Null);
+    let (_, attempts) = app.get(&format!("/v1/connections/{id}/attempts")).await;
+    assert_eq!(attempts["data"][0]["outcome"], "superseded");
+    assert_eq!(attempts["data"][0]["error_code"], "invalid_grant");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn while_a_failing_connection_backs_off_callers_get_its_still_valid_token_without_a_provider_call() {
+    let app = manual_app().await;
+    let grant = app.provider.issue_grant();
+    let id = app.import(&grant, "user-1", 600).await;
+    app.provider.push_faults([Fault::Unavailable]);
+    let due = app.connection(&id).await["next_refresh_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.advance_to(&due);
+    app.tick().await;
+    assert_eq!(app.connection(&id).await["status"], "failing");
+    assert_eq!(app.provider.token_calls(), 1);
+
+    for _ in 0..20 {
+        let (status, token) = app.get(&format!("/v1/connections/{id}/token?min_ttl=3600")).await;
+        assert_eq!(status, 200, "{token}");
+        assert_eq!(token["access_token"], grant.access_token.as_str());
+        assert!(token["expires_in"].as_i64().unwrap() > 0);
+    }
+    assert_eq!(app.provider.token_calls(), 1, "backoff was bypassed");
+    app.stop().await;
+}

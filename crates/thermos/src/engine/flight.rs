@@ -15,6 +15,7 @@ use thermos_core::id::ConnectionId;
 use thermos_store::ConnectionRecord;
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::token::FreshToken;
 use super::{Inner, Trigger, refresh};
@@ -96,11 +97,14 @@ pub(super) async fn refresh_shared(inner: &Arc<Inner>, id: ConnectionId, trigger
             Some(existing) => existing.0.clone(),
             None => {
                 let owned = Arc::clone(inner);
+                // A child of the caller's span: its log lines carry the request_id.
+                let span = tracing::info_span!("flight", connection_id = %id, trigger = trigger.as_str());
                 let flight = async move {
                     let result = refresh::claim_and_refresh(&owned, id, trigger).await;
                     owned.flights.remove(id);
                     result
                 }
+                .instrument(span)
                 .boxed()
                 .shared();
                 map.insert(id, SharedFlightDebug(flight.clone()));

@@ -84,6 +84,7 @@ impl Engine {
             let now = self.inner.clock.now();
             let current_is_enough = match need {
                 _ if refreshed_version.is_some_and(|v| v != record.version) => true,
+                Need::MinTtl(_) if in_backoff(&record, now) => true,
                 Need::MinTtl(min_ttl) => {
                     let wanted = plan::effective_min_ttl(min_ttl, record.issued_at, record.expires_at);
                     record.expires_at > now && remaining(&record, now) >= wanted
@@ -173,6 +174,15 @@ impl Engine {
             Err(error())
         }
     }
+}
+
+/// A failing connection waiting out its backoff: while its token is still
+/// valid, callers get it rather than an extra call to a provider in trouble.
+fn in_backoff(record: &ConnectionRecord, now: OffsetDateTime) -> bool {
+    record.status == ConnectionStatus::Failing
+        && record.expires_at > now
+        && record.lease_owner.is_none()
+        && record.next_refresh_at.is_some_and(|at| at > now)
 }
 
 fn remaining(record: &ConnectionRecord, now: OffsetDateTime) -> Duration {
