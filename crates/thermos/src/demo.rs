@@ -25,6 +25,7 @@ use crate::cli::parse_duration;
 use crate::config::Config;
 
 const DEMO_PROVIDER: &str = "demo";
+const DEMO_REFRESH: &str = "backoff_initial = \"1s\"\nbackoff_max = \"10s\"\nrequest_timeout = \"10s\"";
 const CLIENTS: usize = 4;
 const CLIENT_PAUSE: Duration = Duration::from_millis(25);
 
@@ -74,7 +75,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         provider.set_fault(Fault::FailRate(args.fail_rate));
     }
     let dir = tempfile::tempdir().context("create a temporary directory")?;
-    let config = Config::from_toml_str(&demo_config(dir.path(), &provider.token_url()))?;
+    let config = Config::from_toml_str(&loopback_config_toml(
+        dir.path(),
+        DEMO_PROVIDER,
+        &provider.token_url(),
+        DEMO_REFRESH,
+        true,
+    ))?;
     let (key, _) = MasterKey::generate();
     let admin_key = format!("demo-{}", uuid::Uuid::now_v7().simple());
     let application = Application::build(&config, key, Some(admin_key.clone().into()), app::system_clock()).await?;
@@ -211,7 +218,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo_config(dir: &std::path::Path, token_url: &str) -> String {
+/// A configuration for a throw-away instance in `dir` (database and key
+/// file there, API on a free loopback port) with one provider, `slug`, at a
+/// test provider's `token_url`. `refresh_toml` goes into `[refresh]`. Used by
+/// the demo and by the end-to-end tests.
+pub fn loopback_config_toml(
+    dir: &std::path::Path,
+    slug: &str,
+    token_url: &str,
+    refresh_toml: &str,
+    engine_enabled: bool,
+) -> String {
     format!(
         r#"
 [server]
@@ -221,14 +238,16 @@ url = "sqlite://{db}"
 [security]
 master_key_file = "{key}"
 [refresh]
-backoff_initial = "1s"
-backoff_max = "10s"
-request_timeout = "10s"
+{refresh_toml}
+[engine]
+enabled = {engine_enabled}
 [[provider]]
-slug = "{DEMO_PROVIDER}"
+slug = "{slug}"
 token_url = "{token_url}"
 client_id = "{id}"
 client_secret = "{secret}"
+auth_method = "client_secret_basic"
+default_ttl = "1h"
 "#,
         db = dir.join("thermos.db").display(),
         key = dir.join("thermos.key").display(),

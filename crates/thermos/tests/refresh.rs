@@ -10,8 +10,17 @@ use serde_json::json;
 use thermos_testprovider::{Fault, ProviderOptions};
 
 async fn manual_app() -> TestApp {
+    manual_app_with_latency(Duration::ZERO).await
+}
+
+/// A manual-clock app whose provider holds every token request for `latency`.
+async fn manual_app_with_latency(latency: Duration) -> TestApp {
     spawn_app_with(AppOptions {
         manual_clock: true,
+        provider: ProviderOptions {
+            latency,
+            ..ProviderOptions::default()
+        },
         ..AppOptions::default()
     })
     .await
@@ -78,15 +87,7 @@ async fn an_imported_connection_is_refreshed_before_expiry_again_and_again_with_
 
 #[tokio::test]
 async fn fifty_concurrent_token_requests_on_an_expiring_connection_share_one_refresh() {
-    let app = spawn_app_with(AppOptions {
-        manual_clock: true,
-        provider: ProviderOptions {
-            latency: Duration::from_millis(300),
-            ..ProviderOptions::default()
-        },
-        ..AppOptions::default()
-    })
-    .await;
+    let app = manual_app_with_latency(Duration::from_millis(300)).await;
     let grant = app.provider.issue_grant();
     let id = app.import(&grant, "user-1", 100).await;
     // 70 s later 30 s remain: less than min_ttl 60 (capped at half the lifetime, 50 s).
@@ -295,15 +296,7 @@ async fn the_background_scheduler_keeps_short_lived_tokens_fresh_on_its_own() {
 
 #[tokio::test]
 async fn a_user_reconnecting_during_a_refresh_is_not_mistaken_for_a_dead_grant() {
-    let app = spawn_app_with(AppOptions {
-        manual_clock: true,
-        provider: ProviderOptions {
-            latency: Duration::from_millis(400),
-            ..ProviderOptions::default()
-        },
-        ..AppOptions::default()
-    })
-    .await;
+    let app = manual_app_with_latency(Duration::from_millis(400)).await;
     let grant = app.provider.issue_grant();
     let id = app.import(&grant, "user-1", 600).await;
 

@@ -61,28 +61,24 @@ pub async fn create(
     let default_ttl = app.map(|a| a.default_ttl).unwrap_or(crate::provider::DEFAULT_TTL);
     let now = truncate_ms(state.engine.now());
     let lifetime = token_lifetime(&tokens, now, default_ttl, &mut problems);
-    if !problems.is_empty() {
+    let Some((issued_at, expires_at)) = lifetime.filter(|_| problems.is_empty()) else {
         return Err(ApiError::bad_request(problems.join("; ")));
-    }
+    };
     let id = ConnectionId::generate();
-    let (issued_at, expires_at) = lifetime.expect("checked by problems");
-    let key = state.engine.key();
+    let sealed = seal_tokens(&state.engine, id, &tokens, issued_at, expires_at);
     let new = NewConnection {
         id,
         project,
         provider,
         external_id,
-        access_token: key.seal(&id, Field::AccessToken, &tokens.access_token),
-        refresh_token: tokens
-            .refresh_token
-            .as_ref()
-            .map(|t| key.seal(&id, Field::RefreshToken, t)),
-        token_type: tokens.token_type.clone().unwrap_or_else(|| "Bearer".to_owned()),
-        scope: tokens.scope.clone(),
+        access_token: sealed.access_token,
+        refresh_token: sealed.refresh_token,
+        token_type: sealed.token_type,
+        scope: sealed.scope,
         issued_at,
         expires_at,
         metadata,
-        next_refresh_at: plan_refresh(&state.engine, issued_at, expires_at),
+        next_refresh_at: sealed.next_refresh_at,
     };
     let record = state.engine.store().insert_connection(new, now).await?;
     tracing::info!(connection_id = %record.id, provider = %record.provider, "connection imported");
@@ -106,23 +102,10 @@ pub async fn replace_tokens(
     let now = truncate_ms(state.engine.now());
     let mut problems = Vec::new();
     let lifetime = token_lifetime(&tokens, now, default_ttl, &mut problems);
-    if !problems.is_empty() {
+    let Some((issued_at, expires_at)) = lifetime.filter(|_| problems.is_empty()) else {
         return Err(ApiError::bad_request(problems.join("; ")));
-    }
-    let (issued_at, expires_at) = lifetime.expect("checked by problems");
-    let key = state.engine.key();
-    let update = TokenUpdate {
-        access_token: key.seal(&id, Field::AccessToken, &tokens.access_token),
-        refresh_token: tokens
-            .refresh_token
-            .as_ref()
-            .map(|t| key.seal(&id, Field::RefreshToken, t)),
-        token_type: tokens.token_type.clone().unwrap_or_else(|| "Bearer".to_owned()),
-        scope: tokens.scope.clone(),
-        issued_at,
-        expires_at,
-        next_refresh_at: plan_refresh(&state.engine, issued_at, expires_at),
     };
+    let update = seal_tokens(&state.engine, id, &tokens, issued_at, expires_at);
     let saved = state
         .engine
         .store()
@@ -311,6 +294,29 @@ fn token_lifetime(
         (None, None) => now + default_ttl,
     };
     Some((now, expires_at))
+}
+
+/// Seals tokens handed in for connection `id` and plans their refresh.
+fn seal_tokens(
+    engine: &Engine,
+    id: ConnectionId,
+    tokens: &TokenInput,
+    issued_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+) -> TokenUpdate {
+    let key = engine.key();
+    TokenUpdate {
+        access_token: key.seal(&id, Field::AccessToken, &tokens.access_token),
+        refresh_token: tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| key.seal(&id, Field::RefreshToken, t)),
+        token_type: tokens.token_type.clone().unwrap_or_else(|| "Bearer".to_owned()),
+        scope: tokens.scope.clone(),
+        issued_at,
+        expires_at,
+        next_refresh_at: plan_refresh(engine, issued_at, expires_at),
+    }
 }
 
 fn plan_refresh(engine: &Engine, issued_at: OffsetDateTime, expires_at: OffsetDateTime) -> OffsetDateTime {

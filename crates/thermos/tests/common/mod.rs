@@ -58,36 +58,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// The config text for a database in `dir` and a provider at `token_url`.
 pub fn config_toml(dir: &std::path::Path, token_url: &str, engine_enabled: bool, refresh_toml: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[database]
-url = "sqlite://{db}"
-
-[security]
-master_key_file = "{key}"
-
-[refresh]
-{refresh_toml}
-
-[engine]
-enabled = {engine_enabled}
-
-[[provider]]
-slug = "{PROVIDER}"
-token_url = "{token_url}"
-client_id = "{client_id}"
-client_secret = "{client_secret}"
-auth_method = "client_secret_basic"
-default_ttl = "1h"
-"#,
-        db = dir.join("thermos.db").display(),
-        key = dir.join("thermos.key").display(),
-        client_id = thermos_testprovider::DEFAULT_CLIENT_ID,
-        client_secret = thermos_testprovider::DEFAULT_CLIENT_SECRET,
-    )
+    thermos::demo::loopback_config_toml(dir, PROVIDER, token_url, refresh_toml, engine_enabled)
 }
 
 /// Starts a test app.
