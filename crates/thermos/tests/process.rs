@@ -297,3 +297,52 @@ async fn no_token_or_secret_appears_in_the_logs_or_the_database_file() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_refreshes_in_flight_finish_and_persist_so_no_grant_is_lost() {
+    // No reuse grace at all: a rotated token that was not stored would kill the grant.
+    let provider = TestProvider::start(ProviderOptions {
+        access_token_ttl: Duration::from_secs(3),
+        latency: Duration::from_millis(400),
+        ..ProviderOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &provider);
+    let http = reqwest::Client::new();
+    let mut server = Server::start(&config, dir.path().join("run1.log")).await;
+    let grants: Vec<_> = (0..30).map(|_| provider.issue_grant()).collect();
+    let ids = import_all(&http, &server.base, &grants, 2).await;
+
+    let busy = eventually(Duration::from_secs(20), || {
+        std::future::ready(provider.in_flight() >= 5)
+    })
+    .await;
+    assert!(busy, "no refreshes in flight to interrupt");
+    server.terminate();
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        log.contains("shutdown requested") && log.contains("thermos stopped"),
+        "{log}"
+    );
+    assert_eq!(provider.in_flight(), 0, "shutdown did not wait for refreshes in flight");
+
+    let server = Server::start(&config, dir.path().join("run2.log")).await;
+    for id in &ids {
+        let (status, token) = call(
+            &http,
+            reqwest::Method::GET,
+            format!("{}/v1/connections/{id}/token", server.base),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{token}");
+        assert!(provider.access_token_is_valid(token["access_token"].as_str().unwrap()));
+    }
+    for grant in &grants {
+        assert!(!provider.is_revoked(&grant.grant), "a grant died across the shutdown");
+    }
+    assert_eq!(provider.reuse_detected(), 0);
+    let mut server = server;
+    server.terminate();
+}

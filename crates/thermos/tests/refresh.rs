@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{AppOptions, TestApp, eventually, spawn_app_with, ts};
 use serde_json::json;
-use thermos_testprovider::{Fault, ProviderOptions};
+use thermos_testprovider::{ExpiresIn, Fault, ProviderOptions};
 
 async fn manual_app() -> TestApp {
     manual_app_with_latency(Duration::ZERO).await
@@ -364,5 +364,62 @@ async fn while_a_failing_connection_backs_off_callers_get_its_still_valid_token_
         assert!(token["expires_in"].as_i64().unwrap() > 0);
     }
     assert_eq!(app.provider.token_calls(), 1, "backoff was bypassed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn callers_arriving_during_a_scheduled_refresh_join_it_instead_of_starting_another() {
+    let app = manual_app_with_latency(Duration::from_millis(300)).await;
+    let grant = app.provider.issue_grant();
+    let id = app.import(&grant, "user-1", 600).await;
+    // Late enough that the current token (60 s left) no longer satisfies callers.
+    app.clock().advance(Duration::from_secs(540));
+
+    // The scheduler starts the refresh; callers who need a fresh token arrive meanwhile.
+    app.engine.tick(app.engine.now()).await.unwrap();
+    let path = format!("/v1/connections/{id}/token?min_ttl=3600");
+    let answers = futures::future::join_all((0..10).map(|_| app.get(&path))).await;
+    assert!(app.engine.settle(Duration::from_secs(10)).await);
+
+    assert_eq!(app.provider.token_calls(), 1);
+    assert_eq!(app.provider.max_in_flight_for(&grant.grant), 1);
+    let first = answers[0].1["access_token"].clone();
+    assert_ne!(first, grant.access_token.as_str());
+    assert!(
+        answers
+            .iter()
+            .all(|(status, body)| *status == 200 && body["access_token"] == first)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_without_expires_in_gets_the_providers_default_ttl() {
+    let app = spawn_app_with(AppOptions {
+        manual_clock: true,
+        provider: ProviderOptions {
+            expires_in: ExpiresIn::Omitted,
+            ..ProviderOptions::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    let grant = app.provider.issue_grant();
+    let id = app.import(&grant, "user-1", 600).await;
+    let due = app.connection(&id).await["next_refresh_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.advance_to(&due);
+    let refreshed_at = app.engine.now();
+    app.tick().await;
+    let c = app.connection(&id).await;
+    assert_eq!(c["refresh_count"], 1);
+    // default_ttl is 1h in the test configuration: never "no expiry".
+    let lifetime = ts(&c["expires_at"]) - refreshed_at;
+    assert!(
+        (lifetime - time::Duration::hours(1)).abs() <= time::Duration::seconds(1),
+        "{lifetime}"
+    );
     app.stop().await;
 }
