@@ -346,3 +346,85 @@ async fn sigterm_lets_refreshes_in_flight_finish_and_persist_so_no_grant_is_lost
     let mut server = server;
     server.terminate();
 }
+
+fn thermos(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_thermos"))
+        .args(args)
+        .env_remove("THERMOS_ADMIN_KEY")
+        .output()
+        .expect("run thermos");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_project_keys_and_shows_connections_with_their_attempts() {
+    let provider = TestProvider::start(ProviderOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &provider);
+    let config_arg = config.to_str().unwrap();
+    let http = reqwest::Client::new();
+    let mut server = Server::start(&config, dir.path().join("serve.log")).await;
+
+    // A key made by the CLI works against the running server, for its project only.
+    let (ok, out) = thermos(&["--config", config_arg, "keys", "create", "--project", "p1"]);
+    assert!(ok, "{out}");
+    let key = out
+        .lines()
+        .find(|l| l.starts_with("thk_"))
+        .expect("key printed")
+        .to_owned();
+    let grant = provider.issue_grant();
+    let body = json!({"provider": PROVIDER, "external_id": "user-1", "access_token": grant.access_token,
+        "refresh_token": grant.refresh_token, "expires_in": 3600});
+    let response = http
+        .post(format!("{}/v1/connections", server.base))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refreshed = http
+        .post(format!("{}/v1/connections/{id}/refresh", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 200);
+
+    let (ok, list) = thermos(&["--config", config_arg, "connections", "list", "--project", "p1"]);
+    assert!(ok, "{list}");
+    assert!(
+        list.contains(&id) && list.contains("active") && list.contains("1 connection(s)"),
+        "{list}"
+    );
+    let (ok, show) = thermos(&["--config", config_arg, "connections", "show", &id]);
+    assert!(ok, "{show}");
+    assert!(
+        show.contains("user-1") && show.contains("forced") && show.contains("refreshed"),
+        "{show}"
+    );
+    assert!(!show.contains(&grant.access_token) && !show.contains(&grant.refresh_token));
+    server.terminate();
+
+    // Bad input is refused with a message naming the problem.
+    let (ok, out) = thermos(&["--config", config_arg, "connections", "show", "nope"]);
+    assert!(!ok && out.contains("connection id"), "{out}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[refresh]\nmargin = \"5 minutes please\"\n[[provider]]\nslug = \"x\"\ntoken_url = \"http://auth.example.com/token\"\nclient_id = \"c\"\nclient_secret = \"s\"\n").unwrap();
+    let (ok, out) = thermos(&["--config", bad.to_str().unwrap(), "serve"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("refresh.margin") && out.contains("provider[0].token_url"),
+        "{out}"
+    );
+}
