@@ -10,13 +10,13 @@
 //! Read next: `refresh.rs` (one refresh, start to finish), `scheduler.rs`
 //! (the due-time loop), `token.rs` (on-demand tokens).
 
+mod apps;
 mod flight;
 mod refresh;
 mod scheduler;
 mod stats;
 mod token;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::provider::{ProviderApp, RefreshClient};
 
+pub use apps::{AppKey, AppRegistry};
 pub use flight::FlightResult;
 pub use scheduler::NextWake;
 pub use stats::{EngineStats, StatsSnapshot};
@@ -97,7 +98,7 @@ pub struct Engine {
 struct Inner {
     store: Arc<dyn Store>,
     key: Arc<MasterKey>,
-    providers: HashMap<String, ProviderApp>,
+    apps: AppRegistry,
     client: RefreshClient,
     clock: Arc<dyn Clock>,
     settings: EngineSettings,
@@ -126,7 +127,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 store,
                 key,
-                providers: providers.into_iter().map(|p| (p.slug.clone(), p)).collect(),
+                apps: AppRegistry::new(providers),
                 client,
                 clock,
                 settings,
@@ -164,8 +165,13 @@ impl Engine {
     }
 
     /// The configured provider app with this slug.
-    pub fn provider(&self, slug: &str) -> Option<&ProviderApp> {
-        self.inner.providers.get(slug)
+    pub fn provider(&self, slug: &str) -> Option<Arc<ProviderApp>> {
+        self.inner.apps.provider(slug)
+    }
+
+    /// The provider apps in force.
+    pub fn apps(&self) -> &AppRegistry {
+        &self.inner.apps
     }
 
     /// The master key.

@@ -64,7 +64,7 @@ pub(super) async fn refresh_claimed(
 ) -> FlightResult {
     let started_at = inner.clock.now();
     let started = Instant::now();
-    let Some(app) = inner.providers.get(&record.provider) else {
+    let Some(app) = inner.apps.resolve(&record.project, &record.provider) else {
         let failure = Failure::local(
             "provider_not_configured",
             format!("provider {} is not configured", record.provider),
@@ -89,7 +89,7 @@ pub(super) async fn refresh_claimed(
         }
     };
 
-    let outcome = inner.client.refresh(app, &refresh_token, inner.clock.as_ref()).await;
+    let outcome = inner.client.refresh(&app, &refresh_token, inner.clock.as_ref()).await;
     match outcome {
         RefreshOutcome::Refreshed(grant) => commit(inner, &record, trigger, started_at, started, grant).await,
         RefreshOutcome::InvalidGrant(_) if lost_race(inner, &record).await => {
