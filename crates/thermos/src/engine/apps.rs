@@ -35,13 +35,18 @@ impl ProviderApp {
     }
 }
 
+/// Apps by provider slug.
+type DefaultApps = HashMap<String, Arc<ProviderApp>>;
+/// Apps by (project, provider slug).
+type CustomApps = HashMap<(String, String), Arc<ProviderApp>>;
+
 /// The provider apps in force.
 #[derive(Debug, Default)]
 pub struct AppRegistry {
     /// Configured apps by provider slug.
-    defaults: RwLock<Arc<HashMap<String, Arc<ProviderApp>>>>,
+    defaults: RwLock<Arc<DefaultApps>>,
     /// Projects' own apps by (project, provider slug).
-    custom: RwLock<Arc<HashMap<(String, String), Arc<ProviderApp>>>>,
+    custom: RwLock<Arc<CustomApps>>,
 }
 
 impl AppRegistry {
