@@ -2,8 +2,9 @@
 //!
 //! A [`Sealed`] value carries a format byte, the id of the key that sealed
 //! it (so the master key can be rotated later), a random 24-byte nonce and the
-//! ciphertext with its tag. The associated data binds it to one connection
-//! and one field: a ciphertext copied to another row or column does not open.
+//! ciphertext with its tag. The associated data binds it to one owner (a
+//! connection, or a project's custom app: `app/{project}/{provider}`) and one
+//! field: a ciphertext copied to another row or column does not open.
 //! Tampering fails to open; it is never decrypted into garbage.
 
 use base64::Engine as _;
@@ -98,6 +99,20 @@ impl MasterKey {
 
     /// Seals `plaintext` for `field` of connection `owner`.
     pub fn seal(&self, owner: &ConnectionId, field: Field, plaintext: &SecretString) -> Sealed {
+        self.seal_for(&owner.to_string(), field, plaintext)
+    }
+
+    /// Opens a value sealed for `field` of connection `owner`.
+    pub fn open(&self, owner: &ConnectionId, field: Field, sealed: &Sealed) -> Result<SecretString, SealError> {
+        self.open_for(&owner.to_string(), field, sealed)
+    }
+
+    /// Seals `plaintext` for `field` of any `owner`: the associated data is
+    /// `thermos/v1/{owner}/{field}`. A connection's owner is its id (what
+    /// [`MasterKey::seal`] uses); a project's custom app is
+    /// `app/{project}/{provider}`. Owners of different kinds never collide
+    /// because a connection id never contains a `/`.
+    pub fn seal_for(&self, owner: &str, field: Field, plaintext: &SecretString) -> Sealed {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let aad = associated_data(owner, field);
@@ -120,8 +135,9 @@ impl MasterKey {
         Sealed(bytes)
     }
 
-    /// Opens a value sealed for `field` of connection `owner`.
-    pub fn open(&self, owner: &ConnectionId, field: Field, sealed: &Sealed) -> Result<SecretString, SealError> {
+    /// Opens a value sealed by [`MasterKey::seal_for`] with the same `owner`
+    /// and `field`.
+    pub fn open_for(&self, owner: &str, field: Field, sealed: &Sealed) -> Result<SecretString, SealError> {
         let bytes = &sealed.0;
         if bytes.len() < HEADER_LEN || bytes[0] != FORMAT_V1 {
             return Err(SealError::Malformed);
@@ -147,7 +163,9 @@ impl MasterKey {
     }
 }
 
-fn associated_data(owner: &ConnectionId, field: Field) -> String {
+/// The associated data binding a ciphertext to its owner and field. Never
+/// change this spelling: every stored ciphertext depends on it.
+fn associated_data(owner: &str, field: Field) -> String {
     format!("thermos/v1/{owner}/{}", field.as_str())
 }
 
@@ -290,6 +308,68 @@ mod tests {
         assert_eq!(key.id_hex(), again.id_hex());
         assert_eq!(MasterKey::parse_base64("not base64!").unwrap_err(), KeyError::NotBase64);
         assert_eq!(MasterKey::parse_base64("AAAA").unwrap_err(), KeyError::WrongLength(3));
+    }
+
+    /// Sealed by the code as it was before `seal_for` existed: key
+    /// `[42; 32]`, connection `con_0123456789abcdef0123456789abcdef`,
+    /// refresh token `golden-refresh-token`. Every database written so far
+    /// holds ciphertexts like this one; they must keep opening.
+    const GOLDEN_REFRESH_TOKEN: &str =
+        "AWd0xsvBT0tuIyn0FBUABPsoTuRL/8uvVgP3rysdP+IV8v0XdwcYQN4wBOPVlkahNLYbkqZb1SL6pIYGHBf+w85DYzpH";
+    const GOLDEN_CONNECTION: &str = "con_0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_connection_token_sealed_before_seal_for_existed_still_opens() {
+        let key = MasterKey::from_bytes(&[42u8; 32]);
+        let id = ConnectionId::parse(GOLDEN_CONNECTION).unwrap();
+        let sealed = Sealed::from_bytes(STANDARD.decode(GOLDEN_REFRESH_TOKEN).unwrap());
+        let opened = key.open(&id, Field::RefreshToken, &sealed).unwrap();
+        assert_eq!(opened.expose_secret(), "golden-refresh-token");
+        let opened = key.open_for(GOLDEN_CONNECTION, Field::RefreshToken, &sealed).unwrap();
+        assert_eq!(opened.expose_secret(), "golden-refresh-token");
+    }
+
+    #[test]
+    fn connection_tokens_are_bound_to_the_literal_associated_data_thermos_v1_id_field() {
+        let bytes = [9u8; 32];
+        let key = MasterKey::from_bytes(&bytes);
+        let id = ConnectionId::generate();
+        let sealed = key.seal(&id, Field::AccessToken, &secret("tok"));
+        let raw = sealed.as_bytes();
+        let plain = XChaCha20Poly1305::new((&bytes).into())
+            .decrypt(
+                XNonce::from_slice(&raw[1 + KEY_ID_LEN..HEADER_LEN]),
+                Payload {
+                    msg: &raw[HEADER_LEN..],
+                    aad: format!("thermos/v1/{id}/access_token").as_bytes(),
+                },
+            )
+            .unwrap();
+        assert_eq!(plain, b"tok");
+        let via_owner = key.seal_for(&id.to_string(), Field::AccessToken, &secret("tok"));
+        assert_eq!(
+            key.open(&id, Field::AccessToken, &via_owner).unwrap().expose_secret(),
+            "tok"
+        );
+    }
+
+    #[test]
+    fn a_custom_app_secret_opens_only_for_its_own_project_provider_and_field() {
+        let (key, _) = MasterKey::generate();
+        let sealed = key.seal_for("app/acme/google", Field::ClientSecret, &secret("s3cret"));
+        let opened = key.open_for("app/acme/google", Field::ClientSecret, &sealed).unwrap();
+        assert_eq!(opened.expose_secret(), "s3cret");
+        for (owner, field) in [
+            ("app/globex/google", Field::ClientSecret),
+            ("app/acme/slack", Field::ClientSecret),
+            ("app/acme/google", Field::RefreshToken),
+        ] {
+            assert_eq!(
+                key.open_for(owner, field, &sealed).unwrap_err(),
+                SealError::Tampered,
+                "{owner} {field:?}"
+            );
+        }
     }
 
     #[test]
