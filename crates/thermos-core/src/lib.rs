@@ -6,6 +6,7 @@
 //! clock by itself: time comes in through [`clock::Clock`] or as a parameter.
 //! Read next: `thermos-store` (persistence) and the `thermos` binary's engine.
 
+pub mod breaker;
 pub mod clock;
 pub mod id;
 pub mod oauth;
