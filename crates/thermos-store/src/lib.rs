@@ -217,6 +217,24 @@ pub struct StatusCount {
     pub count: u64,
 }
 
+/// A project's own OAuth client for a configured provider (a "custom
+/// app"). One per (project, provider). Timestamps have millisecond
+/// precision (see [`truncate_to_millis`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomAppRecord {
+    pub project: String,
+    /// The provider's slug.
+    pub provider: String,
+    pub client_id: String,
+    /// Sealed for owner `app/{project}/{provider}`; `None` for a public
+    /// client (`auth_method` `none`).
+    pub client_secret: Option<Sealed>,
+    /// `client_secret_basic`, `client_secret_post` or `none`.
+    pub auth_method: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
 /// Everything Thermos persists. One implementation per database; every
 /// implementation passes the conformance suite in `tests/conformance.rs`.
 #[async_trait]
@@ -351,4 +369,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Looks a project API key up by its public id.
     async fn find_api_key(&self, key_id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+
+    /// Registers `record` as its project's app for its provider, or replaces
+    /// the credentials (client id, secret, auth method) of the one already
+    /// registered; a replacement keeps the stored `created_at` and takes
+    /// `record.updated_at`. Returns the record as stored: its `created_at`
+    /// is earlier than `record.created_at` exactly when an app was replaced.
+    async fn upsert_custom_app(&self, record: CustomAppRecord) -> StoreResult<CustomAppRecord>;
+
+    /// The custom apps of `project` (of every project when `None`), ordered
+    /// by project then provider.
+    async fn list_custom_apps(&self, project: Option<&str>) -> StoreResult<Vec<CustomAppRecord>>;
+
+    /// Deletes `project`'s app for `provider`; false if there was none.
+    async fn delete_custom_app(&self, project: &str, provider: &str) -> StoreResult<bool>;
 }

@@ -22,6 +22,7 @@
 
 mod api_key;
 mod connection;
+mod custom_app;
 mod refresh;
 mod row;
 mod schedule;
@@ -37,8 +38,8 @@ use thermos_core::id::ConnectionId;
 use time::OffsetDateTime;
 
 use crate::{
-    ApiKeyRecord, AttemptRecord, Claim, ConnectionFilter, ConnectionRecord, FailureUpdate, FinishOutcome, NewAttempt,
-    NewConnection, StatusCount, Store, StoreError, StoreResult, TokenUpdate,
+    ApiKeyRecord, AttemptRecord, Claim, ConnectionFilter, ConnectionRecord, CustomAppRecord, FailureUpdate,
+    FinishOutcome, NewAttempt, NewConnection, StatusCount, Store, StoreError, StoreResult, TokenUpdate,
 };
 
 /// How long a connection waits for another process's write lock.
@@ -330,6 +331,18 @@ impl Store for SqliteStore {
 
     async fn find_api_key(&self, key_id: &str) -> StoreResult<Option<ApiKeyRecord>> {
         api_key::find(self, key_id).await
+    }
+
+    async fn upsert_custom_app(&self, record: CustomAppRecord) -> StoreResult<CustomAppRecord> {
+        custom_app::upsert(self, record).await
+    }
+
+    async fn list_custom_apps(&self, project: Option<&str>) -> StoreResult<Vec<CustomAppRecord>> {
+        custom_app::list(self, project).await
+    }
+
+    async fn delete_custom_app(&self, project: &str, provider: &str) -> StoreResult<bool> {
+        custom_app::delete(self, project, provider).await
     }
 }
 

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use thermos_core::id::ConnectionId;
 use thermos_core::status::ConnectionStatus;
 use thermos_store::{
-    ATTEMPTS_KEPT_PER_CONNECTION, ApiKeyRecord, Claim, ConnectionFilter, ConnectionRecord, FinishOutcome,
-    NewConnection, StatusCount, Store, StoreError, TokenUpdate, truncate_to_millis,
+    ATTEMPTS_KEPT_PER_CONNECTION, ApiKeyRecord, Claim, ConnectionFilter, ConnectionRecord, CustomAppRecord,
+    FinishOutcome, NewConnection, StatusCount, Store, StoreError, TokenUpdate, truncate_to_millis,
 };
 use time::macros::datetime;
 
@@ -84,6 +84,10 @@ conformance!(
     count_by_status_groups_connections_by_provider_and_status,
     api_keys_round_trip_and_a_duplicate_key_id_is_a_conflict,
     concurrent_claimers_never_claim_a_connection_twice_and_together_claim_all,
+    a_custom_app_reads_back_as_registered_with_its_sealed_secret,
+    registering_a_custom_app_again_replaces_its_credentials_and_keeps_created_at,
+    custom_apps_are_listed_by_project_then_provider_and_filtered_by_project,
+    deleting_a_custom_app_removes_only_that_projects_app_for_that_provider,
 );
 
 /// Inserts `new` at `T0`.
@@ -965,6 +969,99 @@ async fn concurrent_claimers_never_claim_a_connection_twice_and_together_claim_a
     let distinct: HashSet<_> = claimed.iter().copied().collect();
     assert_eq!(claimed.len(), distinct.len(), "a connection was claimed twice");
     assert_eq!(distinct, all);
+}
+
+/// `project`'s app for `provider`, registered at `at(registered)`.
+fn custom_app(project: &str, provider: &str, registered: i64) -> CustomAppRecord {
+    CustomAppRecord {
+        project: project.into(),
+        provider: provider.into(),
+        client_id: format!("{project}-client"),
+        client_secret: Some(sealed("sealed-client-secret")),
+        auth_method: "client_secret_basic".into(),
+        created_at: at(registered),
+        updated_at: at(registered),
+    }
+}
+
+async fn a_custom_app_reads_back_as_registered_with_its_sealed_secret(store: Arc<dyn Store>) {
+    let app = CustomAppRecord {
+        created_at: datetime!(2025-06-01 12:00:00.250 UTC),
+        updated_at: datetime!(2025-06-01 12:00:00.250 UTC),
+        ..custom_app("acme", "google", 0)
+    };
+    assert_eq!(store.upsert_custom_app(app.clone()).await.unwrap(), app);
+    let public = CustomAppRecord {
+        client_secret: None,
+        auth_method: "none".into(),
+        ..custom_app("acme", "slack", 1)
+    };
+    assert_eq!(store.upsert_custom_app(public.clone()).await.unwrap(), public);
+    assert_eq!(store.list_custom_apps(Some("acme")).await.unwrap(), vec![app, public]);
+}
+
+async fn registering_a_custom_app_again_replaces_its_credentials_and_keeps_created_at(store: Arc<dyn Store>) {
+    let first = store.upsert_custom_app(custom_app("acme", "google", 0)).await.unwrap();
+    let again = CustomAppRecord {
+        client_id: "rotated-client".into(),
+        client_secret: None,
+        auth_method: "none".into(),
+        ..custom_app("acme", "google", 60)
+    };
+    let stored = store.upsert_custom_app(again.clone()).await.unwrap();
+    let expected = CustomAppRecord {
+        created_at: first.created_at,
+        ..again
+    };
+    assert_eq!(stored, expected);
+    assert!(stored.created_at < stored.updated_at, "a replacement is recognisable");
+    assert_eq!(store.list_custom_apps(None).await.unwrap(), vec![expected]);
+}
+
+async fn custom_apps_are_listed_by_project_then_provider_and_filtered_by_project(store: Arc<dyn Store>) {
+    for (project, provider) in [
+        ("globex", "slack"),
+        ("acme", "slack"),
+        ("globex", "google"),
+        ("acme", "google"),
+    ] {
+        store.upsert_custom_app(custom_app(project, provider, 0)).await.unwrap();
+    }
+    let keys = |apps: Vec<CustomAppRecord>| -> Vec<(String, String)> {
+        apps.into_iter().map(|a| (a.project, a.provider)).collect()
+    };
+    let pair = |project: &str, provider: &str| (project.to_owned(), provider.to_owned());
+    assert_eq!(
+        keys(store.list_custom_apps(None).await.unwrap()),
+        vec![
+            pair("acme", "google"),
+            pair("acme", "slack"),
+            pair("globex", "google"),
+            pair("globex", "slack"),
+        ]
+    );
+    assert_eq!(
+        keys(store.list_custom_apps(Some("globex")).await.unwrap()),
+        vec![pair("globex", "google"), pair("globex", "slack")]
+    );
+    assert!(store.list_custom_apps(Some("initech")).await.unwrap().is_empty());
+}
+
+async fn deleting_a_custom_app_removes_only_that_projects_app_for_that_provider(store: Arc<dyn Store>) {
+    for (project, provider) in [("acme", "google"), ("acme", "slack"), ("globex", "google")] {
+        store.upsert_custom_app(custom_app(project, provider, 0)).await.unwrap();
+    }
+    assert!(store.delete_custom_app("acme", "google").await.unwrap());
+    assert!(!store.delete_custom_app("acme", "google").await.unwrap());
+    assert!(!store.delete_custom_app("initech", "slack").await.unwrap());
+    let left: Vec<_> = store
+        .list_custom_apps(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| format!("{}/{}", a.project, a.provider))
+        .collect();
+    assert_eq!(left, ["acme/slack", "globex/google"]);
 }
 
 /// Checks that only make sense for SQLite.
