@@ -96,6 +96,10 @@ pub enum TransientKind {
     ServerError,
     /// No answer within the request timeout.
     Timeout,
+    /// The request was sent, but no complete answer came back (a timeout
+    /// after sending, a reset connection, a truncated read): the provider may
+    /// have processed it, and rotated the refresh token.
+    ResponseLost,
     /// Could not connect, or the connection broke.
     Network,
     /// A 200 (or other) body that is not a usable token response.
@@ -161,6 +165,7 @@ impl RefreshOutcome {
             Self::Transient(t) => Some(match t.kind {
                 TransientKind::ServerError => "server_error",
                 TransientKind::Timeout => "timeout",
+                TransientKind::ResponseLost => "response_lost",
                 TransientKind::Network => "network_error",
                 TransientKind::MalformedResponse => "malformed_response",
                 TransientKind::ProviderError => "provider_error",

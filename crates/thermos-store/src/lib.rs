@@ -347,10 +347,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         attempt: NewAttempt,
     ) -> StoreResult<Option<ConnectionRecord>>;
 
-    /// Records an attempt that changed nothing on the connection (e.g. one
-    /// that found another refresh had already won), dropping `owner`'s lease
-    /// if it holds one, without touching the due time.
-    async fn record_attempt(&self, id: ConnectionId, owner: &str, attempt: NewAttempt) -> StoreResult<()>;
+    /// Records an attempt that changed nothing on the connection (one that
+    /// found another refresh had already won, or whose response was lost and
+    /// is about to be retried). Touches neither the row nor its lease.
+    async fn record_attempt(&self, id: ConnectionId, attempt: NewAttempt) -> StoreResult<()>;
 
     /// Drops every lease, making leased scheduled connections due at `now`.
     /// Only for a starting instance that knows it is the database's sole

@@ -309,8 +309,8 @@ impl Store for SqliteStore {
         refresh::record_failure(self, id, expected_version, failure, attempt).await
     }
 
-    async fn record_attempt(&self, id: ConnectionId, owner: &str, attempt: NewAttempt) -> StoreResult<()> {
-        refresh::record_attempt(self, id, owner, attempt).await
+    async fn record_attempt(&self, id: ConnectionId, attempt: NewAttempt) -> StoreResult<()> {
+        refresh::record_attempt(self, id, attempt).await
     }
 
     async fn release_all_leases(&self, now: OffsetDateTime) -> StoreResult<u64> {

@@ -58,7 +58,7 @@ conformance!(
     claim_due_takes_at_most_its_limit_earliest_first,
     a_claimed_connection_is_not_claimed_again_until_its_lease_expires,
     a_claim_moves_next_refresh_at_to_the_end_of_the_lease_without_bumping_the_version,
-    record_attempt_logs_without_changing_the_connection_and_drops_the_owners_lease,
+    record_attempt_logs_without_changing_the_connection_or_its_lease,
     release_all_leases_makes_leased_connections_due_at_once,
     next_due_at_is_the_earliest_due_time_of_scheduled_connections,
     claim_connection_leases_a_free_connection_whatever_its_due_time,
@@ -308,27 +308,25 @@ async fn a_claim_moves_next_refresh_at_to_the_end_of_the_lease_without_bumping_t
     assert_eq!(store.next_due_at().await.unwrap(), Some(at(62)));
 }
 
-async fn record_attempt_logs_without_changing_the_connection_and_drops_the_owners_lease(store: Arc<dyn Store>) {
+async fn record_attempt_logs_without_changing_the_connection_or_its_lease(store: Arc<dyn Store>) {
     let due = insert(&*store, due_connection("u1", -1)).await;
-    store.claim_due("worker-1", at(2), at(62), 10).await.unwrap();
-    store
-        .record_attempt(due.id, "someone-else", attempt("superseded", 3))
-        .await
-        .unwrap();
-    assert_eq!(get(&*store, due.id).await.lease_owner.as_deref(), Some("worker-1"));
-    store
-        .record_attempt(due.id, "worker-1", attempt("superseded", 4))
-        .await
-        .unwrap();
+    let claimed = store.claim_due("worker-1", at(2), at(62), 10).await.unwrap().remove(0);
+    store.record_attempt(due.id, attempt("superseded", 3)).await.unwrap();
+    store.record_attempt(due.id, attempt("lost", 4)).await.unwrap();
     let after = get(&*store, due.id).await;
     assert_eq!(
-        (after.lease_owner, after.lease_until, after.version),
-        (None, None, due.version)
+        (after.lease_owner.as_deref(), after.lease_until, after.version),
+        (Some("worker-1"), Some(at(62)), claimed.version)
     );
     assert_eq!(after.next_refresh_at, Some(at(62)));
-    let attempts = store.list_attempts(due.id, 10).await.unwrap();
-    assert_eq!(attempts.len(), 2);
-    assert!(attempts.iter().all(|a| a.attempt.outcome == "superseded"));
+    let outcomes: Vec<_> = store
+        .list_attempts(due.id, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.attempt.outcome)
+        .collect();
+    assert_eq!(outcomes, ["lost", "superseded"]);
 }
 
 async fn release_all_leases_makes_leased_connections_due_at_once(store: Arc<dyn Store>) {

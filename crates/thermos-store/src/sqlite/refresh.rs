@@ -106,21 +106,10 @@ pub(super) async fn list_attempts(store: &SqliteStore, id: ConnectionId, page: u
     .collect()
 }
 
-/// Records an attempt alone and drops `owner`'s lease, in one transaction.
-pub(super) async fn record_attempt(
-    store: &SqliteStore,
-    id: ConnectionId,
-    owner: &str,
-    attempt: NewAttempt,
-) -> StoreResult<()> {
-    let id_text = id.to_string();
+/// Records an attempt alone, in one transaction.
+pub(super) async fn record_attempt(store: &SqliteStore, id: ConnectionId, attempt: NewAttempt) -> StoreResult<()> {
     let mut tx = store.begin_write().await?;
-    insert_attempt(&mut tx, &id_text, &attempt).await?;
-    sqlx::query("UPDATE connections SET lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND lease_owner = ?2")
-        .bind(&id_text)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
+    insert_attempt(&mut tx, &id.to_string(), &attempt).await?;
     tx.commit().await?;
     Ok(())
 }

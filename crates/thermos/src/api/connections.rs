@@ -204,6 +204,7 @@ pub async fn reset(
     PathId(id): PathId,
 ) -> Result<Json<ConnectionView>, ApiError> {
     visible(&state, &caller, id).await?;
+    state.engine.check_forced(id)?;
     let now = truncate_ms(state.engine.now());
     state
         .engine

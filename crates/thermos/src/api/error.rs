@@ -146,6 +146,12 @@ impl From<TokenError> for ApiError {
                 ..
             } => Self::new(ErrorKind::Unavailable, error.to_string()).with_retry_after(after),
             TokenError::ProviderFailed { .. } => Self::new(ErrorKind::ProviderError, error.to_string()),
+            TokenError::Unavailable { retry_after, .. } => {
+                Self::new(ErrorKind::Unavailable, error.to_string()).with_retry_after(retry_after)
+            }
+            TokenError::RateLimited { retry_after } => {
+                Self::new(ErrorKind::RateLimited, error.to_string()).with_retry_after(retry_after)
+            }
             TokenError::Busy { retry_after } => {
                 Self::new(ErrorKind::Unavailable, error.to_string()).with_retry_after(retry_after)
             }

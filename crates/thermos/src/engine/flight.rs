@@ -53,6 +53,12 @@ pub enum RefreshFailure {
         http_status: Option<u16>,
         retry_after: Option<std::time::Duration>,
     },
+    /// The provider app is paused (throttled, circuit open, invalid
+    /// client); nothing was sent.
+    Unavailable {
+        until: OffsetDateTime,
+        reason: super::guard::PauseReason,
+    },
     /// The store failed (details were logged where it happened).
     Internal(String),
 }
@@ -81,6 +87,10 @@ impl Flights {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, SharedFlightDebug>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn contains(&self, id: ConnectionId) -> bool {
+        self.lock().contains_key(&id)
     }
 
     fn remove(&self, id: ConnectionId) {

@@ -11,7 +11,11 @@
 //! (the due-time loop), `token.rs` (on-demand tokens).
 
 mod apps;
+mod call;
 mod flight;
+mod forced;
+pub mod gate;
+pub mod guard;
 mod refresh;
 mod scheduler;
 mod stats;
@@ -21,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use thermos_core::breaker::BreakerPolicy;
 use thermos_core::clock::Clock;
 use thermos_core::id::ConnectionId;
 use thermos_core::plan::RefreshPolicy;
@@ -99,6 +104,8 @@ struct Inner {
     store: Arc<dyn Store>,
     key: Arc<MasterKey>,
     apps: AppRegistry,
+    guards: guard::Guards,
+    forced: forced::ForcedLimiter,
     client: RefreshClient,
     clock: Arc<dyn Clock>,
     settings: EngineSettings,
@@ -128,6 +135,8 @@ impl Engine {
                 store,
                 key,
                 apps: AppRegistry::new(providers),
+                forced: forced::ForcedLimiter::default(),
+                guards: guard::Guards::new(BreakerPolicy::for_backoff_max(settings.policy.backoff_max)),
                 client,
                 clock,
                 settings,
@@ -174,6 +183,20 @@ impl Engine {
         &self.inner.apps
     }
 
+    /// The provider apps' guards (limits, breakers, throttles).
+    pub fn guards(&self) -> &guard::Guards {
+        &self.inner.guards
+    }
+
+    /// Replaces the configured provider apps (SIGHUP). Every app's guard is
+    /// rebuilt: new limits apply, and apps paused for an invalid client or an
+    /// open breaker resume; a probe tells if they still fail.
+    pub fn reload_providers(&self, providers: Vec<ProviderApp>) {
+        self.inner.apps.replace_defaults(providers);
+        self.inner.guards.reset();
+        self.wake();
+    }
+
     /// The master key.
     pub fn key(&self) -> &MasterKey {
         &self.inner.key
@@ -187,6 +210,18 @@ impl Engine {
     /// The refresh rules in force.
     pub fn settings(&self) -> &EngineSettings {
         &self.inner.settings
+    }
+
+    /// Takes one forced refresh of `id` from its rate limit, unless a
+    /// refresh of it is already in flight (joining one is free).
+    pub fn check_forced(&self, id: ConnectionId) -> Result<(), TokenError> {
+        if self.inner.flights.contains(id) {
+            return Ok(());
+        }
+        self.inner
+            .forced
+            .check(id, std::time::Instant::now())
+            .map_err(|retry_after| TokenError::RateLimited { retry_after })
     }
 
     /// Refreshes in flight (scheduled and on demand) right now.

@@ -23,7 +23,9 @@ use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, warn};
 
+use super::call::{self, Called};
 use super::flight::{Flight, FlightResult, RefreshFailure};
+use super::guard::{AppGuard, PauseReason};
 use super::token::FreshToken;
 use super::{Engine, Inner, Trigger};
 
@@ -89,12 +91,20 @@ pub(super) async fn refresh_claimed(
         }
     };
 
-    let outcome = inner.client.refresh(&app, &refresh_token, inner.clock.as_ref()).await;
+    let guard = inner.guards.for_app(&app);
+    let (outcome, probe, after_lost) = match call::call(inner, &app, &guard, &record, &refresh_token, trigger).await {
+        Called::Answered {
+            outcome,
+            probe,
+            after_lost,
+        } => (outcome, probe, after_lost),
+        Called::Paused { until, reason } => return defer(inner, &record, &guard, until, reason).await,
+    };
     match outcome {
         RefreshOutcome::Refreshed(grant) => commit(inner, &record, trigger, started_at, started, grant).await,
         RefreshOutcome::InvalidGrant(_) if lost_race(inner, &record).await => {
             inner.stats.superseded();
-            let attempt = attempt(
+            let attempt = attempt_record(
                 trigger,
                 started_at,
                 started,
@@ -102,25 +112,100 @@ pub(super) async fn refresh_claimed(
                 Some("invalid_grant"),
                 outcome.http_status(),
             );
-            if let Err(e) = inner
-                .store
-                .record_attempt(record.id, &inner.settings.owner, attempt)
-                .await
-            {
+            if let Err(e) = inner.store.record_attempt(record.id, attempt).await {
                 store_failure("record superseded attempt", &e);
             }
+            release(inner, &record, record.next_refresh_at.unwrap_or(started_at)).await;
             info!(connection_id = %record.id, "invalid_grant after another refresh won; not a dead grant");
             Ok(Flight::Superseded)
+        }
+        RefreshOutcome::InvalidGrant(_) if after_lost => {
+            let failure = Failure::permanent(
+                LOST_THEN_INVALID_GRANT,
+                "the provider's answer to a refresh was lost in transit and it has since rotated the refresh \
+                 token, so the grant cannot be recovered; the user must reconnect",
+            );
+            fail(
+                inner,
+                &record,
+                trigger,
+                started_at,
+                started,
+                Failure {
+                    http_status: outcome.http_status(),
+                    ..failure
+                },
+            )
+            .await
         }
         RefreshOutcome::InvalidGrant(_) => {
             let failure = Failure::from_outcome(&outcome, true);
             fail(inner, &record, trigger, started_at, started, failure).await
+        }
+        // The app, not the connection, is at fault: the connection keeps its status.
+        RefreshOutcome::ClientInvalid(_) => {
+            not_counted(inner, &record, &guard, trigger, started_at, started, &outcome).await
+        }
+        RefreshOutcome::Transient(_) | RefreshOutcome::RateLimited { .. } if probe => {
+            not_counted(inner, &record, &guard, trigger, started_at, started, &outcome).await
         }
         _ => {
             let failure = Failure::from_outcome(&outcome, false);
             fail(inner, &record, trigger, started_at, started, failure).await
         }
     }
+}
+
+/// The error code of a grant found dead after a lost response.
+pub const LOST_THEN_INVALID_GRANT: &str = "invalid_grant_after_lost_response";
+
+/// Hands a connection back untouched because its provider app is paused:
+/// it comes due again when the app may be tried, without counting a failure.
+async fn defer(
+    inner: &Arc<Inner>,
+    record: &ConnectionRecord,
+    guard: &AppGuard,
+    until: OffsetDateTime,
+    reason: PauseReason,
+) -> FlightResult {
+    guard.deferred();
+    inner.stats.deferred();
+    let spread = std::time::Duration::from_millis(rand::random_range(0..250));
+    let next = truncate_ms(until + spread);
+    release(inner, record, next).await;
+    Engine::wake_if_before(inner, next);
+    Err(RefreshFailure::Unavailable { until, reason })
+}
+
+/// Records an attempt that says something about the app, not the
+/// connection (a probe that failed, an invalid client), and defers the
+/// connection until the app may be tried again.
+async fn not_counted(
+    inner: &Arc<Inner>,
+    record: &ConnectionRecord,
+    guard: &AppGuard,
+    trigger: Trigger,
+    started_at: OffsetDateTime,
+    started: Instant,
+    outcome: &RefreshOutcome,
+) -> FlightResult {
+    let attempt = attempt_record(
+        trigger,
+        started_at,
+        started,
+        "failed",
+        outcome.error_code(),
+        outcome.http_status(),
+    );
+    if let Err(e) = inner.store.record_attempt(record.id, attempt).await {
+        store_failure("record attempt", &e);
+    }
+    inner.stats.failed();
+    let now = inner.clock.now();
+    let (until, reason) = guard
+        .paused(now)
+        .unwrap_or((now + std::time::Duration::from_secs(1), PauseReason::CircuitOpen));
+    defer(inner, record, guard, until, reason).await
 }
 
 /// Seals and commits a successful refresh, then builds the token to hand out.
@@ -155,7 +240,7 @@ async fn commit(
         expires_at,
         next_refresh_at,
     };
-    let attempt = attempt(trigger, started_at, started, "refreshed", None, Some(200));
+    let attempt = attempt_record(trigger, started_at, started, "refreshed", None, Some(200));
     match inner
         .store
         .finish_refresh(record.id, record.version, update, attempt)
@@ -282,7 +367,7 @@ async fn fail(
         },
         next_refresh_at,
     };
-    let attempt = attempt(
+    let attempt = attempt_record(
         trigger,
         started_at,
         started,
@@ -354,7 +439,7 @@ fn not_refreshable(record: &ConnectionRecord) -> RefreshFailure {
     }
 }
 
-fn attempt(
+pub(super) fn attempt_record(
     trigger: Trigger,
     started_at: OffsetDateTime,
     started: Instant,

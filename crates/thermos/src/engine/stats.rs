@@ -11,6 +11,8 @@ pub struct EngineStats {
     needs_reauth: AtomicU64,
     superseded: AtomicU64,
     scheduled_started: AtomicU64,
+    deferred: AtomicU64,
+    lost_responses: AtomicU64,
     max_lateness_ms: AtomicU64,
     total_lateness_ms: AtomicU64,
 }
@@ -28,6 +30,10 @@ pub struct StatsSnapshot {
     pub superseded: u64,
     /// Scheduled refreshes started.
     pub scheduled_started: u64,
+    /// Refreshes deferred because their provider app was paused.
+    pub deferred: u64,
+    /// Responses lost in transit (then retried once).
+    pub lost_responses: u64,
     /// Worst delay between a planned refresh time and its start, in ms.
     pub max_lateness_ms: u64,
     /// Sum of those delays, in ms (for a mean).
@@ -47,6 +53,12 @@ impl EngineStats {
     pub(super) fn superseded(&self) {
         self.superseded.fetch_add(1, Ordering::Relaxed);
     }
+    pub(super) fn deferred(&self) {
+        self.deferred.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(super) fn lost_response(&self) {
+        self.lost_responses.fetch_add(1, Ordering::Relaxed);
+    }
     pub(super) fn scheduled_start(&self, lateness_ms: u64) {
         self.scheduled_started.fetch_add(1, Ordering::Relaxed);
         self.max_lateness_ms.fetch_max(lateness_ms, Ordering::Relaxed);
@@ -61,6 +73,8 @@ impl EngineStats {
             needs_reauth: self.needs_reauth.load(Ordering::Relaxed),
             superseded: self.superseded.load(Ordering::Relaxed),
             scheduled_started: self.scheduled_started.load(Ordering::Relaxed),
+            deferred: self.deferred.load(Ordering::Relaxed),
+            lost_responses: self.lost_responses.load(Ordering::Relaxed),
             max_lateness_ms: self.max_lateness_ms.load(Ordering::Relaxed),
             total_lateness_ms: self.total_lateness_ms.load(Ordering::Relaxed),
         }

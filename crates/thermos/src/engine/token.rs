@@ -46,6 +46,13 @@ pub enum TokenError {
         http_status: Option<u16>,
         retry_after: Option<Duration>,
     },
+    #[error("the provider app is paused ({}); try again later", reason.as_str())]
+    Unavailable {
+        retry_after: Duration,
+        reason: super::guard::PauseReason,
+    },
+    #[error("too many forced refreshes of this connection; try again later")]
+    RateLimited { retry_after: Duration },
     #[error("the connection is being refreshed elsewhere; try again shortly")]
     Busy { retry_after: Duration },
     #[error("internal error: {0}")]
@@ -104,6 +111,9 @@ impl Engine {
                 });
             }
             refreshed_version = Some(record.version);
+            if trigger == Trigger::Forced {
+                self.check_forced(id)?;
+            }
             match refresh_shared(&self.inner, id, trigger).await {
                 Ok(Flight::Refreshed(token)) => return Ok(token),
                 Ok(Flight::Superseded) => continue,
@@ -123,7 +133,16 @@ impl Engine {
                 Err(failure) => {
                     let latest = self.load(id).await?;
                     let now = self.inner.clock.now();
-                    return self.current_or(&latest, now, || failure.into());
+                    let error = match failure {
+                        RefreshFailure::Unavailable { until, reason } => TokenError::Unavailable {
+                            retry_after: Duration::try_from(until - now)
+                                .unwrap_or_default()
+                                .max(Duration::from_secs(1)),
+                            reason,
+                        },
+                        other => other.into(),
+                    };
+                    return self.current_or(&latest, now, || error);
                 }
             }
         }
@@ -222,6 +241,11 @@ impl From<RefreshFailure> for TokenError {
                 message,
                 http_status,
                 retry_after,
+            },
+            // Callers with a clock turn `until` into the real wait (see `obtain`).
+            RefreshFailure::Unavailable { reason, .. } => Self::Unavailable {
+                retry_after: Duration::from_secs(1),
+                reason,
             },
             RefreshFailure::Internal(message) => Self::Internal(message),
         }

@@ -182,10 +182,12 @@ fn over_cap(status: u16, cap: usize) -> RefreshOutcome {
 /// chain with reqwest's URL removed (the endpoint is named without its query).
 fn transport_failure(error: reqwest::Error, http_status: Option<u16>, endpoint: &str) -> RefreshOutcome {
     let error = error.without_url();
-    let kind = if error.is_timeout() || chain_has_timeout(&error) {
-        TransientKind::Timeout
-    } else {
-        TransientKind::Network
+    // A failure to connect means the provider never saw the request; any
+    // later failure leaves its outcome unknown.
+    let kind = match (error.is_connect(), error.is_timeout() || chain_has_timeout(&error)) {
+        (true, true) => TransientKind::Timeout,
+        (true, false) => TransientKind::Network,
+        (false, _) => TransientKind::ResponseLost,
     };
     let verb = if http_status.is_some() {
         "read response from"

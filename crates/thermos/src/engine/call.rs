@@ -1,0 +1,121 @@
+//! One call to a provider app's token endpoint, through the app's guard:
+//! admission (throttle, circuit breaker), the gate (concurrency and rate,
+//! on-demand first), and one retry when the response was lost.
+//!
+//! A lost response (the request was sent but no answer came back) is
+//! recorded as an attempt before anything else happens, then the same
+//! refresh token is sent once more: if the provider never processed the
+//! first request, or grants a reuse grace window, this succeeds; if it did
+//! and rotates, the answer is `invalid_grant` and the caller marks the
+//! connection `needs_reauth` saying the response was lost — never a loop.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use secrecy::SecretString;
+use thermos_core::oauth::{RefreshOutcome, TransientKind};
+use thermos_store::ConnectionRecord;
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use super::gate::Priority;
+use super::guard::{Admit, AppGuard, PauseReason, TransitionKind};
+use super::{Inner, Trigger};
+use crate::provider::ProviderApp;
+
+/// What came of asking to call the provider.
+#[derive(Debug)]
+pub(super) enum Called {
+    /// The provider answered (or failed to).
+    Answered {
+        outcome: RefreshOutcome,
+        /// This attempt probed an open circuit breaker.
+        probe: bool,
+        /// A first attempt's response was lost and this is the retry.
+        after_lost: bool,
+    },
+    /// The app is paused; nothing was sent.
+    Paused { until: OffsetDateTime, reason: PauseReason },
+}
+
+/// Calls the token endpoint for `record` with `refresh_token`.
+pub(super) async fn call(
+    inner: &Arc<Inner>,
+    app: &ProviderApp,
+    guard: &Arc<AppGuard>,
+    record: &ConnectionRecord,
+    refresh_token: &SecretString,
+    trigger: Trigger,
+) -> Called {
+    let probe = match guard.admit(inner.clock.now()) {
+        Admit::Go { probe } => probe,
+        Admit::Wait { until, reason } => return Called::Paused { until, reason },
+    };
+    let priority = match trigger {
+        Trigger::Scheduled => Priority::Background,
+        Trigger::OnDemand | Trigger::Forced | Trigger::Reset => Priority::Urgent,
+    };
+    let outcome = attempt(inner, app, guard, refresh_token, priority, probe).await;
+    if !is_lost(&outcome) {
+        return Called::Answered {
+            outcome,
+            probe,
+            after_lost: false,
+        };
+    }
+    inner.stats.lost_response();
+    let lost = super::refresh::attempt_record(
+        trigger,
+        inner.clock.now(),
+        Instant::now(),
+        "lost",
+        outcome.error_code(),
+        outcome.http_status(),
+    );
+    if let Err(e) = inner.store.record_attempt(record.id, lost).await {
+        warn!(connection_id = %record.id, error.message = %e, "recording a lost response failed");
+    }
+    warn!(
+        connection_id = %record.id,
+        provider = %record.provider,
+        error.message = %outcome.message(),
+        "token endpoint response lost; retrying once with the same refresh token"
+    );
+    let retry = attempt(inner, app, guard, refresh_token, priority, false).await;
+    Called::Answered {
+        outcome: retry,
+        probe,
+        after_lost: true,
+    }
+}
+
+async fn attempt(
+    inner: &Arc<Inner>,
+    app: &ProviderApp,
+    guard: &Arc<AppGuard>,
+    refresh_token: &SecretString,
+    priority: Priority,
+    probe: bool,
+) -> RefreshOutcome {
+    let _slot = guard.enter(priority).await;
+    let outcome = inner.client.refresh(app, refresh_token, inner.clock.as_ref()).await;
+    let recorded = guard.record(inner.clock.now(), &outcome, probe);
+    match recorded.transition {
+        Some(TransitionKind::Opened(reason)) => warn!(
+            provider = %app.slug,
+            client_id = %app.client_id,
+            reason = reason.as_str(),
+            error.code = outcome.error_code().unwrap_or_default(),
+            "provider app paused: scheduled refreshes wait and a probe is sent periodically"
+        ),
+        Some(TransitionKind::Closed) => {
+            info!(provider = %app.slug, client_id = %app.client_id, "provider app answers again; resuming")
+        }
+        None => {}
+    }
+    outcome
+}
+
+fn is_lost(outcome: &RefreshOutcome) -> bool {
+    matches!(outcome, RefreshOutcome::Transient(t) if t.kind == TransientKind::ResponseLost)
+}
