@@ -14,7 +14,8 @@
 //! takes the slot `max(now, next_slot, hold)` and moves `next_slot` one
 //! spacing (1/rate) later. A permit holds its concurrency slot while it waits
 //! for its pacer slot, so with a concurrency limit of N at most N pacer slots
-//! are reserved ahead and an urgent caller never waits behind more than N.
+//! are reserved ahead and an urgent caller never waits behind more than N
+//! (without a concurrency limit, pacer slots go in arrival order).
 //!
 //! Read next: the engine's refresh path, which acquires a permit around each
 //! call to the token endpoint.
@@ -423,7 +424,7 @@ mod tests {
             drop(gate.acquire(Priority::Background).await);
             left_at.push(start.elapsed());
         }
-        assert_eq!(left_at, [0 * MS, 100 * MS, 200 * MS, 300 * MS, 400 * MS]);
+        assert_eq!(left_at, [Duration::ZERO, 100 * MS, 200 * MS, 300 * MS, 400 * MS]);
 
         tokio::time::sleep(Duration::from_secs(5)).await;
         let idle = Instant::now();
