@@ -84,6 +84,8 @@ impl Verdict {
             RefreshOutcome::Refreshed(_) | RefreshOutcome::InvalidGrant(_) => Self::Healthy,
             RefreshOutcome::ClientInvalid(_) => Self::ClientInvalid,
             RefreshOutcome::RateLimited { .. } => Self::Neutral,
+            // An OAuth error about the request (invalid_scope, …) proves the app answers.
+            RefreshOutcome::Transient(t) if t.kind == crate::oauth::TransientKind::ProviderError => Self::Healthy,
             RefreshOutcome::Transient(_) => Self::Transient,
         }
     }

@@ -8,11 +8,13 @@
 //!
 //! Read next: `connections.rs` (the handlers), `auth.rs` (who is calling).
 
+pub mod apps;
 mod auth;
 mod connections;
 pub mod dto;
 pub mod error;
 mod extract;
+mod providers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +57,10 @@ pub fn router(state: AppState) -> Router {
         .route("/connections/{id}/token", get(connections::token))
         .route("/connections/{id}/refresh", post(connections::refresh))
         .route("/connections/{id}/reset", post(connections::reset))
-        .route("/connections/{id}/attempts", get(connections::attempts));
+        .route("/connections/{id}/attempts", get(connections::attempts))
+        .route("/providers", get(providers::list))
+        .route("/apps", post(apps::create).get(apps::list))
+        .route("/apps/{provider}", axum::routing::delete(apps::delete));
     Router::new()
         .nest("/v1", v1)
         .route("/health", get(health))

@@ -2,6 +2,7 @@
 //! `config`. Arguments are parsed into validated values here, once; each
 //! command then works on the store directly (no running server needed).
 
+mod apps;
 mod connections;
 mod keys;
 
@@ -37,6 +38,9 @@ enum Command {
     /// Inspect connections.
     #[command(subcommand)]
     Connections(connections::ConnectionsCommand),
+    /// Manage custom apps: a project's own OAuth client for a configured provider.
+    #[command(subcommand)]
+    Apps(apps::AppsCommand),
     /// Run Thermos against a built-in test provider on loopback and report.
     Demo(crate::demo::DemoArgs),
     /// Configuration helpers.
@@ -72,7 +76,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve => serve(config).await,
+        Command::Serve => serve(config, cli.config).await,
         Command::Migrate => {
             app::open_store(&config).await?;
             println!("database {} is up to date", config.database_url);
@@ -80,6 +84,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(command) => keys::run(&config, command).await,
         Command::Connections(command) => connections::run(&config, command).await,
+        Command::Apps(command) => apps::run(&config, command).await,
         Command::Config(ConfigCommand::Check) => {
             println!("{config:#?}");
             Ok(())
@@ -88,7 +93,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     crate::telemetry::init(std::io::stdout);
     let (key, source) = config.load_or_create_master_key()?;
     if let KeySource::Generated(path) = &source {
@@ -107,10 +112,41 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     let application = Application::build(&config, key, admin_key, app::system_clock()).await?;
+    reload_on_sighup(application.engine().clone(), config_path);
     application.run_until(app::shutdown_signal()).await
 }
 
 /// Parses a human duration (`30s`, `2m`, `1h 30m`).
 pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw).map_err(|e| format!("invalid duration {raw:?}: {e}"))
+}
+
+/// On SIGHUP, reloads the configuration and replaces the provider apps (and
+/// their limits); apps paused for an invalid client resume. A configuration
+/// that does not load is reported and the running one kept.
+fn reload_on_sighup(engine: crate::engine::Engine, config_path: Option<PathBuf>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; configuration reload needs a restart");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match Config::load(config_path.as_deref()) {
+                Ok(config) => {
+                    let providers = config.providers.len();
+                    engine.reload_providers(config.providers);
+                    tracing::info!(
+                        providers,
+                        "configuration reloaded: provider apps and limits replaced, paused apps resume"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error.message = %e, "configuration reload failed; keeping the running configuration")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (engine, config_path);
 }

@@ -72,6 +72,13 @@ impl AppRegistry {
         read(&self.defaults).get(provider).cloned()
     }
 
+    /// The configured apps, by slug.
+    pub fn configured(&self) -> Vec<Arc<ProviderApp>> {
+        let mut apps: Vec<_> = read(&self.defaults).values().cloned().collect();
+        apps.sort_by(|a, b| a.slug.cmp(&b.slug));
+        apps
+    }
+
     /// Every app in force, configured ones first.
     pub fn all(&self) -> Vec<Arc<ProviderApp>> {
         let mut apps: Vec<_> = read(&self.defaults).values().cloned().collect();

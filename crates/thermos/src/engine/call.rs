@@ -55,7 +55,10 @@ pub(super) async fn call(
         Trigger::Scheduled => Priority::Background,
         Trigger::OnDemand | Trigger::Forced | Trigger::Reset => Priority::Urgent,
     };
-    let outcome = attempt(inner, app, guard, refresh_token, priority, probe).await;
+    let outcome = match attempt(inner, app, guard, refresh_token, priority, probe).await {
+        Ok(outcome) => outcome,
+        Err((until, reason)) => return Called::Paused { until, reason },
+    };
     if !is_lost(&outcome) {
         return Called::Answered {
             outcome,
@@ -81,7 +84,13 @@ pub(super) async fn call(
         error.message = %outcome.message(),
         "token endpoint response lost; retrying once with the same refresh token"
     );
-    let retry = attempt(inner, app, guard, refresh_token, priority, false).await;
+    // The retry goes even if the app was paused meanwhile (it is sent as a
+    // probe): a pending rotation must be settled while the previous refresh
+    // token may still work.
+    let retry = match attempt(inner, app, guard, refresh_token, priority, true).await {
+        Ok(outcome) => outcome,
+        Err(_) => unreachable!("a probe is never paused"),
+    };
     Called::Answered {
         outcome: retry,
         probe,
@@ -96,8 +105,12 @@ async fn attempt(
     refresh_token: &SecretString,
     priority: Priority,
     probe: bool,
-) -> RefreshOutcome {
+) -> Result<RefreshOutcome, (OffsetDateTime, PauseReason)> {
     let _slot = guard.enter(priority).await;
+    // The app may have been paused while this attempt waited for its slot.
+    if !probe && let Some(paused) = guard.paused(inner.clock.now()) {
+        return Err(paused);
+    }
     let outcome = inner.client.refresh(app, refresh_token, inner.clock.as_ref()).await;
     let recorded = guard.record(inner.clock.now(), &outcome, probe);
     match recorded.transition {
@@ -113,7 +126,7 @@ async fn attempt(
         }
         None => {}
     }
-    outcome
+    Ok(outcome)
 }
 
 fn is_lost(outcome: &RefreshOutcome) -> bool {

@@ -180,7 +180,7 @@ impl AppGuard {
 
     /// Records an attempt's outcome: feeds the breaker, throttles on 429.
     pub fn record(&self, now: OffsetDateTime, outcome: &RefreshOutcome, probe: bool) -> Recorded {
-        let verdict = verdict(outcome);
+        let verdict = Verdict::of_outcome(outcome);
         let mut state = self.lock();
         state.totals.attempts += 1;
         let failed = !matches!(outcome, RefreshOutcome::Refreshed(_) | RefreshOutcome::InvalidGrant(_));
@@ -250,17 +250,6 @@ impl AppGuard {
             rate_limit_per_second,
             breaker,
         }
-    }
-}
-
-/// What an outcome says about the app (not about the connection).
-pub fn verdict(outcome: &RefreshOutcome) -> Verdict {
-    match outcome {
-        RefreshOutcome::Refreshed(_) | RefreshOutcome::InvalidGrant(_) => Verdict::Healthy,
-        RefreshOutcome::ClientInvalid(_) => Verdict::ClientInvalid,
-        RefreshOutcome::RateLimited { .. } => Verdict::Neutral,
-        RefreshOutcome::Transient(t) if t.kind == TransientKind::ProviderError => Verdict::Healthy,
-        RefreshOutcome::Transient(_) => Verdict::Transient,
     }
 }
 
