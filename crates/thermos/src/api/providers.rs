@@ -11,7 +11,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::dto::DataList;
 use super::error::ApiError;
-use crate::engine::guard::{COUNTER_WINDOW, GuardSnapshot};
+use crate::engine::guard::{COUNTER_WINDOW, DEFAULT_APP_CONCURRENCY, GuardSnapshot};
 
 /// One provider app's health.
 #[derive(Debug, Serialize)]
@@ -96,7 +96,7 @@ fn view(app: &crate::provider::ProviderApp, snapshot: Option<&GuardSnapshot>) ->
         in_flight: snapshot.map_or(0, |s| s.in_flight),
         waiting_on_demand: snapshot.map_or(0, |s| s.waiting.0),
         waiting_scheduled: snapshot.map_or(0, |s| s.waiting.1),
-        max_concurrency: app.max_concurrency,
+        max_concurrency: Some(app.max_concurrency.unwrap_or(DEFAULT_APP_CONCURRENCY)),
         rate_limit_per_second: app.rate_limit_per_second,
     }
 }

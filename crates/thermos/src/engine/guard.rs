@@ -24,6 +24,9 @@ use super::apps::AppKey;
 use super::gate::{Gate, GatePermit, Priority};
 use crate::provider::ProviderApp;
 
+/// Requests in flight to one provider app when its config sets no
+/// `max_concurrency`: providers are protected by default.
+pub const DEFAULT_APP_CONCURRENCY: u32 = 32;
 /// How long a 429 without `Retry-After` holds the app.
 pub const DEFAULT_RATE_LIMIT_HOLD: Duration = Duration::from_secs(1);
 /// Length of the "recent" window of the counters shown at `/v1/providers`.
@@ -130,7 +133,10 @@ impl AppGuard {
     fn new(app: &ProviderApp, policy: BreakerPolicy) -> Self {
         Self {
             key: app.key(),
-            gate: Gate::new(app.max_concurrency, app.rate_limit_per_second),
+            gate: Gate::new(
+                Some(app.max_concurrency.unwrap_or(DEFAULT_APP_CONCURRENCY)),
+                app.rate_limit_per_second,
+            ),
             state: Mutex::new(GuardState {
                 breaker: CircuitBreaker::new(policy),
                 throttled_until: None,

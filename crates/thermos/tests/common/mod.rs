@@ -27,6 +27,8 @@ pub struct AppOptions {
     pub manual_clock: bool,
     /// Extra lines for the `[refresh]` section.
     pub refresh_toml: String,
+    /// Extra lines for the `[[provider]]` section (e.g. `max_concurrency = 4`).
+    pub provider_toml: String,
 }
 
 impl Default for AppOptions {
@@ -35,6 +37,7 @@ impl Default for AppOptions {
             provider: ProviderOptions::default(),
             manual_clock: false,
             refresh_toml: "backoff_initial = \"5s\"\nbackoff_max = \"5m\"\nrequest_timeout = \"5s\"\n".into(),
+            provider_toml: String::new(),
         }
     }
 }
@@ -65,12 +68,13 @@ pub fn config_toml(dir: &std::path::Path, token_url: &str, engine_enabled: bool,
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let provider = TestProvider::start(options.provider).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let toml = config_toml(
+    let mut toml = config_toml(
         dir.path(),
         &provider.token_url(),
         !options.manual_clock,
         &options.refresh_toml,
     );
+    toml.push_str(&options.provider_toml);
     let config = Config::from_toml_str(&toml).expect("test config is valid");
     let (key, _) = MasterKey::generate();
     let manual = options
@@ -168,6 +172,46 @@ impl TestApp {
             self.engine.settle(Duration::from_secs(10)).await,
             "refreshes did not finish"
         );
+    }
+
+    /// Ticks until no more work is due now (bounded), waiting for each batch.
+    pub async fn drain(&self) {
+        for _ in 0..10_000 {
+            let wake = self.engine.tick(self.engine.now()).await.expect("tick");
+            assert!(
+                self.engine.settle(Duration::from_secs(30)).await,
+                "refreshes did not finish"
+            );
+            if wake != thermos::engine::NextWake::Now {
+                return;
+            }
+        }
+        panic!("the scheduler never ran out of due work");
+    }
+
+    /// Imports `count` fresh grants concurrently; returns (connection id, grant) pairs.
+    pub async fn import_many(&self, count: usize, expires_in: u64) -> Vec<(String, IssuedGrant)> {
+        use futures::StreamExt as _;
+        let grants: Vec<_> = (0..count).map(|_| self.provider.issue_grant()).collect();
+        futures::stream::iter(grants.into_iter().enumerate())
+            .map(|(i, grant)| async move {
+                let id = self.import(&grant, &format!("user-{i}"), expires_in).await;
+                (id, grant)
+            })
+            .buffered(16)
+            .collect()
+            .await
+    }
+
+    /// Connection counts by status, over every connection.
+    pub async fn statuses(&self) -> std::collections::BTreeMap<String, usize> {
+        let (status, page) = self.get("/v1/connections?limit=1000").await;
+        assert_eq!(status, 200);
+        let mut counts = std::collections::BTreeMap::new();
+        for c in page["data"].as_array().unwrap() {
+            *counts.entry(c["status"].as_str().unwrap().to_owned()).or_default() += 1;
+        }
+        counts
     }
 
     /// Moves the manual clock to just after `at` (an RFC 3339 text).
