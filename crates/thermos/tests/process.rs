@@ -428,3 +428,77 @@ async fn the_cli_creates_project_keys_and_shows_connections_with_their_attempts(
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_secret_pauses_the_app_until_the_fixed_config_is_reloaded_with_sighup() {
+    let provider = TestProvider::start(ProviderOptions {
+        client_secret: "rotated-s3cret".into(),
+        ..ProviderOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &provider);
+    let http = reqwest::Client::new();
+    let mut server = Server::start(&config, dir.path().join("serve.log")).await;
+    let base = server.base.clone();
+    let grants: Vec<_> = (0..20).map(|_| provider.issue_grant()).collect();
+    let ids = import_all(&http, &base, &grants, 2).await;
+
+    let paused = eventually(Duration::from_secs(15), || {
+        let (http, base) = (&http, &base);
+        async move {
+            let (_, providers) = call(http, reqwest::Method::GET, format!("{base}/v1/providers"), None).await;
+            providers["data"][0]["paused"]["reason"] == "client_invalid"
+        }
+    })
+    .await;
+    assert!(paused, "the app was not paused");
+    let (_, page) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{base}/v1/connections?limit=100"),
+        None,
+    )
+    .await;
+    assert!(
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] != "needs_reauth")
+    );
+
+    // The operator puts the new secret in the file and sends SIGHUP.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(thermos_testprovider::DEFAULT_CLIENT_SECRET, "rotated-s3cret"),
+    )
+    .unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status();
+    let resumed = eventually(Duration::from_secs(20), || {
+        let (http, base, ids) = (&http, &base, &ids);
+        async move {
+            let (_, page) = call(
+                http,
+                reqwest::Method::GET,
+                format!("{base}/v1/connections?limit=100"),
+                None,
+            )
+            .await;
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            data.len() == ids.len()
+                && data
+                    .iter()
+                    .all(|c| c["status"] == "active" && c["refresh_count"].as_i64() >= Some(1))
+        }
+    })
+    .await;
+    assert!(resumed, "connections did not refresh after the reload");
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(!log.contains("rotated-s3cret"), "the secret reached the log");
+    server.terminate();
+}
