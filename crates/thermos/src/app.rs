@@ -102,6 +102,12 @@ impl Application {
         };
         let client = RefreshClient::new(config.refresh.request_timeout);
         let engine = Engine::new(store, Arc::new(key), config.providers.clone(), client, clock, settings);
+        let custom = crate::api::apps::load_into_registry(&engine)
+            .await
+            .context("load custom apps")?;
+        if custom > 0 {
+            tracing::info!(custom_apps = custom, "loaded projects' own provider apps");
+        }
         let state = AppState {
             engine: engine.clone(),
             admin_key: admin_key.map(Arc::new),

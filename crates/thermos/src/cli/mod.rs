@@ -136,6 +136,10 @@ fn reload_on_sighup(engine: crate::engine::Engine, config_path: Option<PathBuf>)
                 Ok(config) => {
                     let providers = config.providers.len();
                     engine.reload_providers(config.providers);
+                    // Projects' own apps are copies of the configured ones: rebuild them too.
+                    if let Err(e) = crate::api::apps::load_into_registry(&engine).await {
+                        tracing::error!(error.message = %e, "reloading custom apps failed");
+                    }
                     tracing::info!(
                         providers,
                         "configuration reloaded: provider apps and limits replaced, paused apps resume"

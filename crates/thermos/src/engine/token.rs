@@ -142,6 +142,12 @@ impl Engine {
                         },
                         other => other.into(),
                     };
+                    // A 401 report whose refresh failed must not get the rejected token back.
+                    if let Need::ReplaceRejected(Some(rejected)) = need
+                        && self.is_current(&latest, rejected)?
+                    {
+                        return Err(error);
+                    }
                     return self.current_or(&latest, now, || error);
                 }
             }
