@@ -76,6 +76,17 @@ pub enum ClientAuth {
     None,
 }
 
+/// One token request as the provider saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCall {
+    /// When the request arrived.
+    pub arrived: Instant,
+    /// When the answer was handed to the server (None while pending).
+    pub answered: Option<Instant>,
+    /// The answer's HTTP status.
+    pub status: Option<u16>,
+}
+
 /// How `expires_in` appears in a token response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExpiresIn {
@@ -254,6 +265,12 @@ impl TestProvider {
     /// Every `POST /token` request received, faults included.
     pub fn token_calls(&self) -> u64 {
         self.shared.token_calls.load(Ordering::SeqCst)
+    }
+
+    /// The token requests received, in arrival order (the first 10 000):
+    /// when each arrived and when and how it was answered.
+    pub fn token_call_log(&self) -> Vec<TokenCall> {
+        self.shared.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Token requests that presented any refresh token of this grant.

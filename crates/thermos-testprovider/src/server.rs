@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     pub book: Mutex<Book>,
     pub faults: Mutex<FaultPlan>,
     pub token_calls: AtomicU64,
+    /// The first [`CALL_TIMES_KEPT`] token requests: when they arrived,
+    /// when and how they were answered.
+    pub calls: Mutex<Vec<crate::TokenCall>>,
     pub in_flight: AtomicU32,
     pub max_in_flight: AtomicU32,
 }
@@ -53,6 +56,7 @@ impl Shared {
             book: Mutex::default(),
             faults: Mutex::default(),
             token_calls: AtomicU64::new(0),
+            calls: Mutex::default(),
             in_flight: AtomicU32::new(0),
             max_in_flight: AtomicU32::new(0),
         }
@@ -108,7 +112,32 @@ impl Drop for InFlight {
     }
 }
 
+/// How many token requests are logged (memory stays bounded in benchmarks).
+pub(crate) const CALL_TIMES_KEPT: usize = 10_000;
+
+/// Logs the request's arrival, and its answer once it is sent.
 async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let slot = {
+        let mut calls = shared.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        (calls.len() < CALL_TIMES_KEPT).then(|| {
+            calls.push(crate::TokenCall {
+                arrived: Instant::now(),
+                answered: None,
+                status: None,
+            });
+            calls.len() - 1
+        })
+    };
+    let response = answer(Arc::clone(&shared), headers, body).await;
+    if let Some(index) = slot {
+        let mut calls = shared.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        calls[index].answered = Some(Instant::now());
+        calls[index].status = Some(response.status().as_u16());
+    }
+    response
+}
+
+async fn answer(shared: Arc<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     shared.token_calls.fetch_add(1, Ordering::SeqCst);
     let form = parse_form(&body);
     let presented = form.as_ref().ok().and_then(|f| f.get("refresh_token").cloned());
