@@ -9,6 +9,7 @@
 //! Read next: `sqlite.rs` (the embedded backend) and `tests/conformance.rs`
 //! (the contract every backend passes).
 
+pub mod outbox;
 mod sqlite;
 
 use async_trait::async_trait;
