@@ -13,6 +13,10 @@ pub mod outbox;
 mod sqlite;
 
 use async_trait::async_trait;
+use outbox::{
+    DeliveryAttempt, DeliveryNext, DeliveryRecord, EventFilter, EventRecord, EventWithDeliveries, NewEvent,
+    WebhookRecord,
+};
 use thermos_core::id::ConnectionId;
 use thermos_core::seal::Sealed;
 use thermos_core::status::ConnectionStatus;
@@ -246,9 +250,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Checks that the database answers.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Inserts a new `active` connection at version 1.
-    /// [`StoreError::Conflict`] if (project, provider, external_id) exists.
-    async fn insert_connection(&self, new: NewConnection, now: OffsetDateTime) -> StoreResult<ConnectionRecord>;
+    /// Inserts a new `active` connection at version 1, and `events` (with
+    /// their deliveries, see [`Store::insert_events`]) in the same
+    /// transaction. [`StoreError::Conflict`] if (project, provider,
+    /// external_id) exists; then no event is written.
+    async fn insert_connection(
+        &self,
+        new: NewConnection,
+        now: OffsetDateTime,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<ConnectionRecord>;
 
     /// One connection.
     async fn get_connection(&self, id: ConnectionId) -> StoreResult<Option<ConnectionRecord>>;
@@ -266,12 +277,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// failures cleared, version bumped, any lease dropped, `updated_at` =
     /// `now`. Unlike [`Store::finish_refresh`], every token column is
     /// replaced: a `None` refresh token or scope is stored as absent.
-    /// `None` if the connection does not exist.
+    /// `events` are written in the same transaction. `None` (and no event)
+    /// if the connection does not exist.
     async fn replace_tokens(
         &self,
         id: ConnectionId,
         tokens: TokenUpdate,
         now: OffsetDateTime,
+        events: Vec<NewEvent>,
     ) -> StoreResult<Option<ConnectionRecord>>;
 
     /// Clears failures, sets status `active` and makes it due at `now`.
@@ -279,6 +292,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn reset_connection(&self, id: ConnectionId, now: OffsetDateTime) -> StoreResult<Option<ConnectionRecord>>;
 
     /// Deletes a connection and its attempts; false if it did not exist.
+    /// Its events and their deliveries are kept.
     async fn delete_connection(&self, id: ConnectionId) -> StoreResult<bool>;
 
     /// The earliest `next_refresh_at` among scheduled (`active`, `failing`)
@@ -326,26 +340,30 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// checked, only the version: a worker whose lease expired still saves
     /// a rotated refresh token if nobody changed the tokens meanwhile. A
     /// connection deleted meanwhile is [`FinishOutcome::VersionChanged`]
-    /// (and keeps no attempt).
+    /// (and keeps no attempt). `events` are written in the same transaction
+    /// when the refresh is committed, never on `VersionChanged`.
     async fn finish_refresh(
         &self,
         id: ConnectionId,
         expected_version: i64,
         tokens: TokenUpdate,
         attempt: NewAttempt,
+        events: Vec<NewEvent>,
     ) -> StoreResult<FinishOutcome>;
 
     /// Records a failed refresh if the version is still `expected_version`
     /// (else only the attempt is recorded and `None` returned), dropping the
     /// lease, in one transaction. The version is not bumped (tokens are
     /// unchanged); `updated_at` = `failure.last_error.at`. A connection
-    /// deleted meanwhile is `None` too.
+    /// deleted meanwhile is `None` too. `events` are written in the same
+    /// transaction when the failure is recorded, never when it returns `None`.
     async fn record_failure(
         &self,
         id: ConnectionId,
         expected_version: i64,
         failure: FailureUpdate,
         attempt: NewAttempt,
+        events: Vec<NewEvent>,
     ) -> StoreResult<Option<ConnectionRecord>>;
 
     /// Records an attempt that changed nothing on the connection (one that
@@ -384,4 +402,122 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Deletes `project`'s app for `provider`; false if there was none.
     async fn delete_custom_app(&self, project: &str, provider: &str) -> StoreResult<bool>;
+
+    // --- The outbox (see [`outbox`]) -------------------------------------
+
+    /// Records events that go with no connection change (provider-wide
+    /// events, alerts), in one transaction. Every event write, here or with
+    /// a transition, fans out in the same transaction: an event of kind
+    /// [`outbox::ALERT_KIND`] gets exactly one delivery to the operators'
+    /// channel (`webhook_id` `None`); any other event with a project gets
+    /// one delivery per live webhook of that project whose `events` filter
+    /// is `None` or names its kind; other events get none. A delivery starts
+    /// `pending`, due at `event.at`, with no attempt; its `created_at` is
+    /// `event.at`. [`StoreError::Conflict`] if an event id exists (then
+    /// nothing is written).
+    async fn insert_events(&self, events: Vec<NewEvent>) -> StoreResult<()>;
+
+    /// Registers a project webhook. [`StoreError::Conflict`] if the id exists.
+    async fn insert_webhook(&self, record: WebhookRecord) -> StoreResult<()>;
+
+    /// One webhook; `None` if it does not exist or was deleted.
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookRecord>>;
+
+    /// The live webhooks of `project` (of every project when `None`), in
+    /// creation order.
+    async fn list_webhooks(&self, project: Option<&str>) -> StoreResult<Vec<WebhookRecord>>;
+
+    /// Deletes a webhook: its pending deliveries become `failed` with last
+    /// error "webhook deleted" (lease dropped), and it no longer receives
+    /// events. The row stays as a tombstone (invisible to `get_webhook` and
+    /// `list_webhooks`) while deliveries name it, so they keep a valid
+    /// `webhook_id`; [`Store::prune_outbox`] removes it after them. False if
+    /// there was no live webhook with this id.
+    async fn delete_webhook(&self, id: &str, now: OffsetDateTime) -> StoreResult<bool>;
+
+    /// Leases up to `limit` deliveries to `owner` until `lease_until`: those
+    /// `pending`, due (`next_attempt_at <= now`), unleased or with an
+    /// expired lease, and with no earlier (lower id) pending delivery in the
+    /// same channel — the same (`webhook_id`, `connection_id`), a `None` of
+    /// either counting as one value — so one connection's events reach a
+    /// receiver in order even across retries. Earliest id first. A claim
+    /// moves `next_attempt_at` to `lease_until` (a dead worker's delivery
+    /// comes due when its lease expires); the records returned carry
+    /// `next_attempt_at` as it was before the claim. One index range scan.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<Vec<DeliveryRecord>>;
+
+    /// Records an attempt on a delivery, in one transaction: the attempt
+    /// row, `attempts` + 1, `last_http_status` and `last_error` from it; and,
+    /// if `owner` still holds the delivery's lease (expired or not), the
+    /// outcome: [`DeliveryNext::Delivered`] → `delivered`, `delivered_at` =
+    /// `attempt.at`; [`DeliveryNext::Retry`] → still `pending`, due at `at`;
+    /// [`DeliveryNext::Failed`] → `failed`; lease dropped. A delivery
+    /// leaving `pending` lets the next one of its channel be claimed. If
+    /// `owner` lost the lease (the delivery was redelivered, its webhook
+    /// deleted, or another worker claimed it) only the attempt is recorded.
+    /// Nothing happens for an unknown id.
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        owner: &str,
+        attempt: DeliveryAttempt,
+        next: DeliveryNext,
+    ) -> StoreResult<()>;
+
+    /// When the dispatcher next has work: the earliest `next_attempt_at`
+    /// among claimable-in-order (first of their channel) pending deliveries,
+    /// leased ones counting at their lease's end. One index lookup.
+    async fn next_delivery_due_at(&self) -> StoreResult<Option<OffsetDateTime>>;
+
+    /// Events matching `filter` with `seq < before_seq` (all when `None`),
+    /// newest first (by `seq`), at most `limit`, each with its deliveries
+    /// (by id).
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<EventWithDeliveries>>;
+
+    /// One event with its deliveries (by id); `None` if unknown (or pruned).
+    async fn get_event(&self, id: &str) -> StoreResult<Option<EventWithDeliveries>>;
+
+    /// The attempts of one delivery, oldest first.
+    async fn list_delivery_attempts(&self, delivery_id: i64) -> StoreResult<Vec<DeliveryAttempt>>;
+
+    /// Sends an event again: each of its deliveries (except those of a
+    /// deleted webhook) goes back to `pending`, due at `now`, lease dropped,
+    /// attempt count kept. It then goes out after any earlier pending
+    /// delivery of its channel, and before later ones. Returns how many
+    /// deliveries were reset (0 for an unknown event or one with none).
+    async fn redeliver_event(&self, event_id: &str, now: OffsetDateTime) -> StoreResult<u64>;
+
+    /// Events with `seq` greater than `seq`, ascending, at most `limit` (the
+    /// alert aggregator's feed).
+    async fn events_after(&self, seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>>;
+
+    /// The named consumer cursor (an event `seq`); 0 when never set.
+    async fn get_cursor(&self, name: &str) -> StoreResult<i64>;
+
+    /// Records `alerts` (with their deliveries, as [`Store::insert_events`])
+    /// and sets the cursor `cursor_name` to `cursor`, in one transaction:
+    /// after a crash either both happened or neither did, so an alert is
+    /// never lost nor sent twice.
+    async fn commit_alerts(&self, alerts: Vec<NewEvent>, cursor_name: &str, cursor: i64) -> StoreResult<()>;
+
+    /// Retention: deletes `delivered` and `failed` deliveries created before
+    /// `older_than` with their attempts, then events before `older_than`
+    /// with no delivery left, then deleted webhooks no delivery names. A
+    /// pending delivery and its event are never deleted. Returns the number
+    /// of rows deleted (attempts, deliveries, events and webhooks together).
+    async fn prune_outbox(&self, older_than: OffsetDateTime) -> StoreResult<u64>;
+
+    /// How many deliveries are `pending` (the outbox backlog).
+    async fn count_pending_deliveries(&self) -> StoreResult<u64>;
 }

@@ -80,7 +80,9 @@ impl DeliveryStatus {
 
     /// Parses a stored name.
     pub fn parse(raw: &str) -> Option<Self> {
-        [Self::Pending, Self::Delivered, Self::Failed].into_iter().find(|s| s.as_str() == raw)
+        [Self::Pending, Self::Delivered, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == raw)
     }
 }
 

@@ -92,7 +92,10 @@ conformance!(
 
 /// Inserts `new` at `T0`.
 async fn insert(store: &dyn Store, new: NewConnection) -> ConnectionRecord {
-    store.insert_connection(new, T0).await.expect("insert connection")
+    store
+        .insert_connection(new, T0, Vec::new())
+        .await
+        .expect("insert connection")
 }
 
 async fn get(store: &dyn Store, id: ConnectionId) -> ConnectionRecord {
@@ -127,7 +130,7 @@ async fn a_database_that_answers_pings_and_migrates_twice_keeps_its_data(store: 
 
 async fn a_new_connection_is_active_at_version_one_and_reads_back_as_inserted(store: Arc<dyn Store>) {
     let new = connection("u1");
-    let inserted = store.insert_connection(new.clone(), at(5)).await.unwrap();
+    let inserted = store.insert_connection(new.clone(), at(5), Vec::new()).await.unwrap();
     let expected = ConnectionRecord {
         id: new.id,
         project: new.project,
@@ -158,7 +161,7 @@ async fn a_new_connection_is_active_at_version_one_and_reads_back_as_inserted(st
 
 async fn a_second_connection_with_the_same_project_provider_and_external_id_is_a_conflict(store: Arc<dyn Store>) {
     insert(&*store, connection("u1")).await;
-    let again = store.insert_connection(connection("u1"), T0).await;
+    let again = store.insert_connection(connection("u1"), T0, Vec::new()).await;
     assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");
     let same_id = NewConnection {
         external_id: "u2".into(),
@@ -172,6 +175,7 @@ async fn a_second_connection_with_the_same_project_provider_and_external_id_is_a
                 ..same_id
             },
             T0,
+            Vec::new(),
         )
         .await;
     assert!(matches!(dup_id, Err(StoreError::Conflict)), "{dup_id:?}");
@@ -215,7 +219,7 @@ async fn timestamps_round_trip_at_millisecond_precision(store: Arc<dyn Store>) {
         ..connection("u1")
     };
     let inserted = store
-        .insert_connection(new.clone(), datetime!(2025-06-01 12:00:00.000_999 UTC))
+        .insert_connection(new.clone(), datetime!(2025-06-01 12:00:00.000_999 UTC), Vec::new())
         .await
         .unwrap();
     let read = get(&*store, new.id).await;
@@ -236,7 +240,7 @@ async fn claim_due_returns_only_due_unleased_scheduled_connections_earliest_firs
     let dead = insert(&*store, due_connection("needs-reauth", -90)).await;
     let dead_failure = failure(ConnectionStatus::NeedsReauth, 1, -100, Some(-90));
     store
-        .record_failure(dead.id, 1, dead_failure, attempt("failed", -100))
+        .record_failure(dead.id, 1, dead_failure, attempt("failed", -100), Vec::new())
         .await
         .unwrap()
         .unwrap();
@@ -244,7 +248,7 @@ async fn claim_due_returns_only_due_unleased_scheduled_connections_earliest_firs
     let failing = insert(&*store, due_connection("failing", -20)).await;
     let failing_update = failure(ConnectionStatus::Failing, 1, -25, Some(-20));
     store
-        .record_failure(failing.id, 1, failing_update, attempt("failed", -25))
+        .record_failure(failing.id, 1, failing_update, attempt("failed", -25), Vec::new())
         .await
         .unwrap()
         .unwrap();
@@ -357,6 +361,7 @@ async fn next_due_at_is_the_earliest_due_time_of_scheduled_connections(store: Ar
             1,
             failure(ConnectionStatus::NeedsReauth, 1, 5, Some(10)),
             attempt("failed", 5),
+            Vec::new(),
         )
         .await
         .unwrap()
@@ -411,6 +416,7 @@ async fn claim_connection_does_not_schedule_a_connection_that_needs_reauth(store
             1,
             failure(ConnectionStatus::NeedsReauth, 1, 5, None),
             attempt("failed", 5),
+            Vec::new(),
         )
         .await
         .unwrap()
@@ -457,7 +463,7 @@ async fn finish_refresh_commits_new_tokens_bumps_the_version_and_clears_failures
     let conn = insert(&*store, connection("u1")).await;
     let failing = failure(ConnectionStatus::Failing, 2, 10, Some(20));
     store
-        .record_failure(conn.id, 1, failing, failed_attempt("server_error", 503, 9))
+        .record_failure(conn.id, 1, failing, failed_attempt("server_error", 503, 9), Vec::new())
         .await
         .unwrap()
         .unwrap();
@@ -468,7 +474,7 @@ async fn finish_refresh_commits_new_tokens_bumps_the_version_and_clears_failures
         ..tokens("access-2", 25)
     };
     let outcome = store
-        .finish_refresh(conn.id, 1, update.clone(), attempt("refreshed", 21))
+        .finish_refresh(conn.id, 1, update.clone(), attempt("refreshed", 21), Vec::new())
         .await
         .unwrap();
     let FinishOutcome::Committed(committed) = outcome else {
@@ -505,7 +511,7 @@ async fn finish_refresh_with_a_stale_version_changes_nothing_but_records_the_att
     let conn = insert(&*store, connection("u1")).await;
     let claimed = claim(&*store, conn.id, "w", 0, 60).await;
     let outcome = store
-        .finish_refresh(conn.id, 7, tokens("access-2", 5), attempt("refreshed", 1))
+        .finish_refresh(conn.id, 7, tokens("access-2", 5), attempt("refreshed", 1), Vec::new())
         .await
         .unwrap();
     assert!(matches!(outcome, FinishOutcome::VersionChanged), "{outcome:?}");
@@ -518,7 +524,7 @@ async fn finish_refresh_with_a_stale_version_changes_nothing_but_records_the_att
 async fn finish_refresh_without_a_refresh_token_or_scope_keeps_the_stored_ones(store: Arc<dyn Store>) {
     let conn = insert(&*store, connection("u1")).await;
     let outcome = store
-        .finish_refresh(conn.id, 1, tokens("access-2", 5), attempt("refreshed", 1))
+        .finish_refresh(conn.id, 1, tokens("access-2", 5), attempt("refreshed", 1), Vec::new())
         .await
         .unwrap();
     let FinishOutcome::Committed(committed) = outcome else {
@@ -539,7 +545,7 @@ async fn finish_refresh_succeeds_after_the_lease_expired_if_the_version_is_uncha
         ..tokens("access-2", 45)
     };
     let outcome = store
-        .finish_refresh(conn.id, 1, update, attempt("refreshed", 1))
+        .finish_refresh(conn.id, 1, update, attempt("refreshed", 1), Vec::new())
         .await
         .unwrap();
     let FinishOutcome::Committed(committed) = outcome else {
@@ -554,7 +560,13 @@ async fn record_failure_stores_the_error_and_drops_the_lease_without_bumping_the
     claim(&*store, conn.id, "w", 0, 60).await;
     let update = failure(ConnectionStatus::Failing, 1, 10, Some(40));
     let recorded = store
-        .record_failure(conn.id, 1, update.clone(), failed_attempt("server_error", 503, 8))
+        .record_failure(
+            conn.id,
+            1,
+            update.clone(),
+            failed_attempt("server_error", 503, 8),
+            Vec::new(),
+        )
         .await
         .unwrap()
         .expect("version matches");
@@ -580,7 +592,7 @@ async fn record_failure_with_a_stale_version_only_records_the_attempt(store: Arc
     let claimed = claim(&*store, conn.id, "w", 0, 60).await;
     let update = failure(ConnectionStatus::NeedsReauth, 1, 10, None);
     let recorded = store
-        .record_failure(conn.id, 2, update, failed_attempt("invalid_grant", 400, 8))
+        .record_failure(conn.id, 2, update, failed_attempt("invalid_grant", 400, 8), Vec::new())
         .await
         .unwrap();
     assert_eq!(recorded, None);
@@ -592,7 +604,7 @@ async fn a_connection_that_needs_reauth_is_never_claimed_until_new_tokens_arrive
     let conn = insert(&*store, due_connection("u1", -10)).await;
     let dead = failure(ConnectionStatus::NeedsReauth, 1, 0, None);
     store
-        .record_failure(conn.id, 1, dead, failed_attempt("invalid_grant", 400, 0))
+        .record_failure(conn.id, 1, dead, failed_attempt("invalid_grant", 400, 0), Vec::new())
         .await
         .unwrap()
         .unwrap();
@@ -608,7 +620,11 @@ async fn a_connection_that_needs_reauth_is_never_claimed_until_new_tokens_arrive
         next_refresh_at: at(100),
         ..tokens("access-2", 50)
     };
-    store.replace_tokens(conn.id, update, at(50)).await.unwrap().unwrap();
+    store
+        .replace_tokens(conn.id, update, at(50), Vec::new())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(store.next_due_at().await.unwrap(), Some(at(100)));
     assert_eq!(
         ids(&store.claim_due("w", at(100), at(160), 10).await.unwrap()),
@@ -622,7 +638,7 @@ async fn replace_tokens_reactivates_the_connection_replaces_every_token_column_a
     let conn = insert(&*store, connection("u1")).await;
     let failing = failure(ConnectionStatus::Failing, 3, 10, Some(20));
     store
-        .record_failure(conn.id, 1, failing, failed_attempt("server_error", 503, 9))
+        .record_failure(conn.id, 1, failing, failed_attempt("server_error", 503, 9), Vec::new())
         .await
         .unwrap()
         .unwrap();
@@ -632,7 +648,7 @@ async fn replace_tokens_reactivates_the_connection_replaces_every_token_column_a
         ..tokens("access-2", 30)
     };
     let replaced = store
-        .replace_tokens(conn.id, update, at(31))
+        .replace_tokens(conn.id, update, at(31), Vec::new())
         .await
         .unwrap()
         .expect("connection exists");
@@ -659,7 +675,7 @@ async fn replace_tokens_reactivates_the_connection_replaces_every_token_column_a
 
 async fn replace_tokens_of_a_missing_connection_is_none(store: Arc<dyn Store>) {
     let replaced = store
-        .replace_tokens(ConnectionId::generate(), tokens("a", 0), T0)
+        .replace_tokens(ConnectionId::generate(), tokens("a", 0), T0, Vec::new())
         .await
         .unwrap();
     assert_eq!(replaced, None);
@@ -669,7 +685,7 @@ async fn reset_connection_clears_failures_and_makes_the_connection_due_now(store
     let conn = insert(&*store, connection("u1")).await;
     let dead = failure(ConnectionStatus::NeedsReauth, 4, 10, None);
     store
-        .record_failure(conn.id, 1, dead, failed_attempt("invalid_grant", 400, 9))
+        .record_failure(conn.id, 1, dead, failed_attempt("invalid_grant", 400, 9), Vec::new())
         .await
         .unwrap()
         .unwrap();
@@ -700,7 +716,7 @@ async fn attempts_are_listed_newest_first_and_pruned_to_the_newest_fifty(store: 
     let neighbour = insert(&*store, connection("u2")).await;
     for i in 0..3 {
         store
-            .finish_refresh(neighbour.id, 99, tokens("x", i), attempt("refreshed", i))
+            .finish_refresh(neighbour.id, 99, tokens("x", i), attempt("refreshed", i), Vec::new())
             .await
             .unwrap();
     }
@@ -712,6 +728,7 @@ async fn attempts_are_listed_newest_first_and_pruned_to_the_newest_fifty(store: 
                 99,
                 failure(ConnectionStatus::Failing, 1, i, None),
                 attempt("failed", i),
+                Vec::new(),
             )
             .await
             .unwrap();
@@ -738,7 +755,7 @@ async fn deleting_a_connection_deletes_its_attempts(store: Arc<dyn Store>) {
     let kept = insert(&*store, connection("u2")).await;
     for c in [&conn, &kept] {
         store
-            .finish_refresh(c.id, 1, tokens("x", 1), attempt("refreshed", 1))
+            .finish_refresh(c.id, 1, tokens("x", 1), attempt("refreshed", 1), Vec::new())
             .await
             .unwrap();
     }
@@ -763,14 +780,14 @@ async fn refresh_results_for_a_deleted_connection_change_nothing(store: Arc<dyn 
     claim(&*store, conn.id, "w", 0, 60).await;
     store.delete_connection(conn.id).await.unwrap();
     let outcome = store
-        .finish_refresh(conn.id, 1, tokens("x", 1), attempt("refreshed", 1))
+        .finish_refresh(conn.id, 1, tokens("x", 1), attempt("refreshed", 1), Vec::new())
         .await
         .unwrap();
     assert!(matches!(outcome, FinishOutcome::VersionChanged), "{outcome:?}");
     let failed = failure(ConnectionStatus::Failing, 1, 1, Some(5));
     assert_eq!(
         store
-            .record_failure(conn.id, 1, failed, attempt("failed", 1))
+            .record_failure(conn.id, 1, failed, attempt("failed", 1), Vec::new())
             .await
             .unwrap(),
         None
@@ -825,7 +842,7 @@ async fn list_connections_applies_project_provider_and_status_filters(store: Arc
     let acme_google_dead = insert(&*store, connection("d")).await.id;
     let dead = failure(ConnectionStatus::NeedsReauth, 1, 1, None);
     store
-        .record_failure(acme_google_dead, 1, dead, attempt("failed", 1))
+        .record_failure(acme_google_dead, 1, dead, attempt("failed", 1), Vec::new())
         .await
         .unwrap()
         .unwrap();
@@ -879,7 +896,7 @@ async fn count_by_status_groups_connections_by_provider_and_status(store: Arc<dy
     let failing = insert(&*store, connection("g-failing")).await;
     let update = failure(ConnectionStatus::Failing, 1, 1, Some(10));
     store
-        .record_failure(failing.id, 1, update, attempt("failed", 1))
+        .record_failure(failing.id, 1, update, attempt("failed", 1), Vec::new())
         .await
         .unwrap()
         .unwrap();
@@ -893,7 +910,7 @@ async fn count_by_status_groups_connections_by_provider_and_status(store: Arc<dy
     .await;
     let dead = failure(ConnectionStatus::NeedsReauth, 1, 1, None);
     store
-        .record_failure(slack.id, 1, dead, attempt("failed", 1))
+        .record_failure(slack.id, 1, dead, attempt("failed", 1), Vec::new())
         .await
         .unwrap()
         .unwrap();
@@ -1120,9 +1137,9 @@ mod sqlite_only {
     #[tokio::test]
     async fn deleting_a_connection_removes_its_attempt_rows() {
         let (store, dir) = support::sqlite_store().await;
-        let conn = store.insert_connection(connection("u1"), T0).await.unwrap();
+        let conn = store.insert_connection(connection("u1"), T0, Vec::new()).await.unwrap();
         store
-            .finish_refresh(conn.id, 1, tokens("x", 1), attempt("refreshed", 1))
+            .finish_refresh(conn.id, 1, tokens("x", 1), attempt("refreshed", 1), Vec::new())
             .await
             .unwrap();
         store.delete_connection(conn.id).await.unwrap();
@@ -1140,7 +1157,7 @@ mod sqlite_only {
     #[tokio::test]
     async fn a_row_with_an_unknown_status_or_a_malformed_id_reads_as_corrupt() {
         let (store, dir) = support::sqlite_store().await;
-        let conn = store.insert_connection(connection("u1"), T0).await.unwrap();
+        let conn = store.insert_connection(connection("u1"), T0, Vec::new()).await.unwrap();
         let raw = SqlitePoolOptions::new()
             .connect(&format!("sqlite://{}", dir.path().join("thermos.db").display()))
             .await
@@ -1173,7 +1190,7 @@ mod sqlite_only {
         for i in 0..120 {
             all.insert(
                 first
-                    .insert_connection(due_connection(&format!("u{i}"), -i), T0)
+                    .insert_connection(due_connection(&format!("u{i}"), -i), T0, Vec::new())
                     .await
                     .unwrap()
                     .id,

@@ -8,15 +8,18 @@ use thermos_core::id::ConnectionId;
 use thermos_core::status::ConnectionStatus;
 use time::OffsetDateTime;
 
+use super::outbox::write_events;
 use super::row::{self, CONNECTION_COLUMNS};
 use super::{SqliteStore, conflict_or, limit};
+use crate::outbox::NewEvent;
 use crate::{ConnectionFilter, ConnectionRecord, NewConnection, StatusCount, StoreError, StoreResult, TokenUpdate};
 
-/// Inserts an `active` connection at version 1.
+/// Inserts an `active` connection at version 1, with its events.
 pub(super) async fn insert(
     store: &SqliteStore,
     new: NewConnection,
     now: OffsetDateTime,
+    events: Vec<NewEvent>,
 ) -> StoreResult<ConnectionRecord> {
     let metadata = serde_json::to_string(&new.metadata)
         .map_err(|e| StoreError::Corrupt(format!("metadata cannot be serialised: {e}")))?;
@@ -28,6 +31,7 @@ pub(super) async fn insert(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13) \
          RETURNING {CONNECTION_COLUMNS}"
     );
+    let mut tx = store.begin_write().await?;
     let inserted = sqlx::query(&sql)
         .bind(new.id.to_string())
         .bind(&new.project)
@@ -42,10 +46,13 @@ pub(super) async fn insert(
         .bind(metadata)
         .bind(row::millis(new.next_refresh_at))
         .bind(now)
-        .fetch_one(&store.writer)
+        .fetch_one(&mut *tx)
         .await
         .map_err(conflict_or)?;
-    row::connection(&inserted)
+    let record = row::connection(&inserted)?;
+    write_events(&mut tx, &events).await?;
+    tx.commit().await?;
+    Ok(record)
 }
 
 /// One connection.
@@ -89,12 +96,13 @@ pub(super) async fn list(
 
 /// New tokens from the user: everything replaced (absent refresh token and
 /// scope become NULL), status `active`, failures cleared, version bumped,
-/// lease dropped.
+/// lease dropped; `events` written with the change, if there was one.
 pub(super) async fn replace_tokens(
     store: &SqliteStore,
     id: ConnectionId,
     tokens: TokenUpdate,
     now: OffsetDateTime,
+    events: Vec<NewEvent>,
 ) -> StoreResult<Option<ConnectionRecord>> {
     let sql = format!(
         "UPDATE connections SET access_token = ?2, refresh_token = ?3, token_type = ?4, scope = ?5, \
@@ -103,7 +111,8 @@ pub(super) async fn replace_tokens(
            version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?9 \
          WHERE id = ?1 RETURNING {CONNECTION_COLUMNS}"
     );
-    sqlx::query(&sql)
+    let mut tx = store.begin_write().await?;
+    let updated = sqlx::query(&sql)
         .bind(id.to_string())
         .bind(tokens.access_token.as_bytes())
         .bind(tokens.refresh_token.as_ref().map(|t| t.as_bytes()))
@@ -113,11 +122,14 @@ pub(super) async fn replace_tokens(
         .bind(row::millis(tokens.expires_at))
         .bind(row::millis(tokens.next_refresh_at))
         .bind(row::millis(now))
-        .fetch_optional(&store.writer)
-        .await?
-        .as_ref()
-        .map(row::connection)
-        .transpose()
+        .fetch_optional(&mut *tx)
+        .await?;
+    let record = updated.as_ref().map(row::connection).transpose()?;
+    if record.is_some() {
+        write_events(&mut tx, &events).await?;
+    }
+    tx.commit().await?;
+    Ok(record)
 }
 
 /// Clears failures, status `active`, due at `now`; version and lease kept.
@@ -142,7 +154,8 @@ pub(super) async fn reset(
         .transpose()
 }
 
-/// Deletes a connection; its attempts go with it (`ON DELETE CASCADE`).
+/// Deletes a connection; its attempts go with it (`ON DELETE CASCADE`), its
+/// events stay (they have no foreign key to it).
 pub(super) async fn delete(store: &SqliteStore, id: ConnectionId) -> StoreResult<bool> {
     let done = sqlx::query("DELETE FROM connections WHERE id = ?1")
         .bind(id.to_string())

@@ -2,8 +2,8 @@
 //! attempt log.
 //!
 //! Each result is one `BEGIN IMMEDIATE` transaction that records the attempt
-//! and applies the change only if the version is still the one the worker
-//! started from. The lease owner is deliberately not checked: a worker whose
+//! and applies the change, with the events that report it, only if the
+//! version is still the one the worker started from. The lease owner is deliberately not checked: a worker whose
 //! lease expired must still save a rotated refresh token if nobody changed
 //! the tokens meanwhile. Keeps at most [`ATTEMPTS_KEPT_PER_CONNECTION`]
 //! attempts per connection, pruned in the transaction that adds one.
@@ -11,20 +11,24 @@
 use sqlx::SqliteConnection;
 use thermos_core::id::ConnectionId;
 
+use super::outbox::write_events;
 use super::row::{self, ATTEMPT_COLUMNS, CONNECTION_COLUMNS};
 use super::{SqliteStore, limit};
+use crate::outbox::NewEvent;
 use crate::{
     ATTEMPTS_KEPT_PER_CONNECTION, AttemptRecord, ConnectionRecord, FailureUpdate, FinishOutcome, NewAttempt,
     StoreResult, TokenUpdate,
 };
 
-/// Commits a successful refresh if the version is still `expected_version`.
+/// Commits a successful refresh, with its events, if the version is still
+/// `expected_version`.
 pub(super) async fn finish(
     store: &SqliteStore,
     id: ConnectionId,
     expected_version: i64,
     tokens: TokenUpdate,
     attempt: NewAttempt,
+    events: Vec<NewEvent>,
 ) -> StoreResult<FinishOutcome> {
     let id_text = id.to_string();
     let sql = format!(
@@ -50,20 +54,26 @@ pub(super) async fn finish(
         .fetch_optional(&mut *tx)
         .await?;
     let outcome = match updated {
-        Some(updated) => FinishOutcome::Committed(row::connection(&updated)?),
+        Some(updated) => {
+            let record = row::connection(&updated)?;
+            write_events(&mut tx, &events).await?;
+            FinishOutcome::Committed(record)
+        }
         None => FinishOutcome::VersionChanged,
     };
     tx.commit().await?;
     Ok(outcome)
 }
 
-/// Records a failed refresh if the version is still `expected_version`.
+/// Records a failed refresh, with its events, if the version is still
+/// `expected_version`.
 pub(super) async fn record_failure(
     store: &SqliteStore,
     id: ConnectionId,
     expected_version: i64,
     failure: FailureUpdate,
     attempt: NewAttempt,
+    events: Vec<NewEvent>,
 ) -> StoreResult<Option<ConnectionRecord>> {
     let id_text = id.to_string();
     let error = &failure.last_error;
@@ -88,6 +98,9 @@ pub(super) async fn record_failure(
         .fetch_optional(&mut *tx)
         .await?;
     let record = updated.as_ref().map(row::connection).transpose()?;
+    if record.is_some() {
+        write_events(&mut tx, &events).await?;
+    }
     tx.commit().await?;
     Ok(record)
 }

@@ -44,17 +44,17 @@ pub(super) fn from_millis(ms: i64, column: &str) -> StoreResult<OffsetDateTime> 
         .map_err(|_| StoreError::Corrupt(format!("{column}: timestamp {ms} out of range")))
 }
 
-fn time_at(row: &SqliteRow, column: &str) -> StoreResult<OffsetDateTime> {
+pub(super) fn time_at(row: &SqliteRow, column: &str) -> StoreResult<OffsetDateTime> {
     from_millis(row.try_get(column)?, column)
 }
 
-fn opt_time_at(row: &SqliteRow, column: &str) -> StoreResult<Option<OffsetDateTime>> {
+pub(super) fn opt_time_at(row: &SqliteRow, column: &str) -> StoreResult<Option<OffsetDateTime>> {
     row.try_get::<Option<i64>, _>(column)?
         .map(|ms| from_millis(ms, column))
         .transpose()
 }
 
-fn opt_http_status(row: &SqliteRow, column: &str) -> StoreResult<Option<u16>> {
+pub(super) fn opt_http_status(row: &SqliteRow, column: &str) -> StoreResult<Option<u16>> {
     row.try_get::<Option<i64>, _>(column)?
         .map(|raw| {
             u16::try_from(raw).map_err(|_| StoreError::Corrupt(format!("{column}: {raw} is not an HTTP status")))
@@ -62,7 +62,7 @@ fn opt_http_status(row: &SqliteRow, column: &str) -> StoreResult<Option<u16>> {
         .transpose()
 }
 
-fn connection_id(row: &SqliteRow, column: &str) -> StoreResult<ConnectionId> {
+pub(super) fn connection_id(row: &SqliteRow, column: &str) -> StoreResult<ConnectionId> {
     let raw: String = row.try_get(column)?;
     ConnectionId::parse(&raw).map_err(|_| StoreError::Corrupt(format!("{column}: {raw:?} is not a connection id")))
 }

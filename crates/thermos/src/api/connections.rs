@@ -80,7 +80,7 @@ pub async fn create(
         metadata,
         next_refresh_at: sealed.next_refresh_at,
     };
-    let record = state.engine.store().insert_connection(new, now).await?;
+    let record = state.engine.store().insert_connection(new, now, Vec::new()).await?;
     tracing::info!(connection_id = %record.id, provider = %record.provider, "connection imported");
     state.engine.wake();
     Ok((StatusCode::CREATED, Json(ConnectionView::from(&record))))
@@ -109,7 +109,7 @@ pub async fn replace_tokens(
     let saved = state
         .engine
         .store()
-        .replace_tokens(id, update, now)
+        .replace_tokens(id, update, now, Vec::new())
         .await?
         .ok_or_else(|| ApiError::not_found("connection"))?;
     tracing::info!(connection_id = %id, provider = %saved.provider, "tokens replaced");

@@ -243,7 +243,7 @@ async fn commit(
     let attempt = attempt_record(trigger, started_at, started, "refreshed", None, Some(200));
     match inner
         .store
-        .finish_refresh(record.id, record.version, update, attempt)
+        .finish_refresh(record.id, record.version, update, attempt, Vec::new())
         .await
     {
         Ok(FinishOutcome::Committed(saved)) => {
@@ -394,7 +394,7 @@ async fn fail(
     );
     inner
         .store
-        .record_failure(record.id, record.version, update, attempt)
+        .record_failure(record.id, record.version, update, attempt, Vec::new())
         .await
         .map_err(|e| store_failure("record failure", &e))?;
     if let Some(next) = next_refresh_at {
