@@ -4,10 +4,14 @@
 //! migrated store; the `conformance!` macro instantiates it once per backend
 //! (`sqlite::<case>`; PostgreSQL joins behind `THERMOS_TEST_DATABASE_URL`).
 //! Time is always passed in (offsets from `T0`), never read or slept on.
-//! Backend-specific checks (query plans, several stores on one file, corrupt
-//! rows) live in `mod sqlite_only` at the end.
+//! The outbox cases live in `conformance/outbox.rs`. Backend-specific
+//! checks (query plans, several stores on one file, corrupt rows) live in
+//! `mod sqlite_only` at the end.
 
 mod support;
+
+#[path = "conformance/outbox.rs"]
+mod outbox;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use thermos_store::{
 };
 use time::macros::datetime;
 
+use outbox::*;
 use support::{T0, at, attempt, connection, due_connection, failed_attempt, failure, sealed, tokens};
 
 macro_rules! conformance {
@@ -88,6 +93,25 @@ conformance!(
     registering_a_custom_app_again_replaces_its_credentials_and_keeps_created_at,
     custom_apps_are_listed_by_project_then_provider_and_filtered_by_project,
     deleting_a_custom_app_removes_only_that_projects_app_for_that_provider,
+    an_event_written_with_a_new_connection_has_one_delivery_per_matching_webhook,
+    every_applied_transition_writes_its_events_in_its_transaction,
+    a_transition_whose_check_fails_writes_no_event,
+    an_alert_goes_to_the_operators_channel_and_a_projectless_event_to_nobody,
+    webhooks_read_back_as_registered_in_creation_order,
+    deleting_a_webhook_fails_its_pending_deliveries_and_stops_new_ones,
+    claim_deliveries_leases_due_deliveries_earliest_first,
+    only_the_first_pending_delivery_of_a_webhook_and_connection_is_claimable,
+    a_failed_delivery_lets_the_next_of_its_channel_go,
+    finish_delivery_records_the_attempt_and_applies_the_outcome,
+    finish_delivery_by_a_worker_that_lost_the_lease_only_records_the_attempt,
+    next_delivery_due_at_is_the_earliest_due_time_of_claimable_deliveries,
+    redelivering_an_event_puts_its_deliveries_back_to_pending_due_now,
+    list_events_filters_and_pages_newest_first,
+    events_after_feeds_the_aggregator_in_insertion_order,
+    commit_alerts_records_the_alerts_and_moves_the_cursor_in_one_transaction,
+    prune_outbox_deletes_finished_deliveries_and_old_events_but_keeps_pending_ones,
+    deleting_a_connection_keeps_its_events,
+    concurrent_delivery_claimers_never_claim_a_delivery_twice,
 );
 
 /// Inserts `new` at `T0`.
@@ -1088,6 +1112,41 @@ mod sqlite_only {
     use thermos_store::{SqliteStore, Store, StoreError};
 
     use crate::support::{self, T0, at, attempt, connection, due_connection, tokens};
+
+    #[tokio::test]
+    async fn the_delivery_queries_are_range_scans_of_the_partial_outbox_indexes() {
+        let (store, _dir) = support::sqlite_store().await;
+        let plan = store.explain_delivery_queries().await.unwrap();
+        let of = |query: &str| plan.lines().filter(|l| l.starts_with(query)).collect::<Vec<_>>();
+        let claim = of("claim_deliveries:");
+        assert!(
+            claim
+                .iter()
+                .any(|l| l.contains("SEARCH d USING INDEX deliveries_due (next_attempt_at<?)")),
+            "the claim does not range-scan deliveries_due:\n{plan}"
+        );
+        assert!(
+            claim.iter().any(|l| l.contains(
+                "SEARCH p USING COVERING INDEX deliveries_channel (webhook_id=? AND connection_id=? AND id<?)"
+            )),
+            "the claim's order check does not seek deliveries_channel:\n{plan}"
+        );
+        let next = of("next_delivery_due_at:");
+        assert!(
+            next.iter().any(|l| l.contains("USING COVERING INDEX deliveries_due")),
+            "next_delivery_due_at does not read deliveries_due:\n{plan}"
+        );
+        assert!(
+            !plan
+                .lines()
+                .any(|l| l.ends_with("SCAN d") || l.ends_with("SCAN deliveries")),
+            "a delivery query scans the table:\n{plan}"
+        );
+        assert!(
+            !next.iter().any(|l| l.contains("TEMP B-TREE")),
+            "next_delivery_due_at sorts:\n{plan}"
+        );
+    }
 
     #[tokio::test]
     async fn the_due_queries_are_range_scans_of_the_partial_due_index() {

@@ -24,10 +24,12 @@ use crate::outbox::{DeliveryAttempt, DeliveryNext, DeliveryRecord, DeliveryStatu
 /// Claimable deliveries, earliest id first: pending channel heads that are
 /// due and unleased (or whose lease expired), with no earlier pending
 /// delivery in their channel. `?1` now, `?2` limit. Must keep spelling the
-/// partial indexes' predicates (`status = 'pending'`, `head = 1`).
+/// partial indexes' predicates (`status = 'pending'`, `head = 1`). `INDEXED
+/// BY`: ordered by id, the planner would otherwise walk the whole table in
+/// rowid order rather than the due heads (it has no statistics).
 pub(super) fn select_claimable() -> String {
     format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries d INDEXED BY deliveries_due JOIN events e ON e.seq = d.event_seq \
          WHERE d.status = 'pending' AND d.head = 1 AND d.next_attempt_at <= ?1 \
            AND (d.lease_until IS NULL OR d.lease_until <= ?1) \
            AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.status = 'pending' \

@@ -5,11 +5,13 @@
 //! here sleeps or reads the clock: every time is an offset from [`T0`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tempfile::TempDir;
 use thermos_core::id::ConnectionId;
 use thermos_core::seal::Sealed;
 use thermos_core::status::ConnectionStatus;
+use thermos_store::outbox::{DeliveryAttempt, NewEvent, WebhookRecord};
 use thermos_store::{FailureUpdate, LastError, NewAttempt, NewConnection, SqliteStore, Store, TokenUpdate};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
@@ -136,5 +138,48 @@ pub fn failure(status: ConnectionStatus, failures: u32, happened: i64, next: Opt
             at: at(happened),
         },
         next_refresh_at: next.map(at),
+    }
+}
+
+/// An event of `kind` at `at(happened)` with a fresh id, about `connection`
+/// (`None`: provider-wide) of `project` (`None`: for operators only).
+pub fn event(kind: &str, project: Option<&str>, connection: Option<ConnectionId>, happened: i64) -> NewEvent {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NewEvent {
+        id: format!("evt_{:032x}", NEXT.fetch_add(1, Ordering::Relaxed)),
+        kind: kind.into(),
+        project: project.map(Into::into),
+        connection_id: connection,
+        provider: Some("google".into()),
+        data: serde_json::json!({ "consecutive_failures": 3, "cause": "503" }),
+        at: at(happened),
+    }
+}
+
+/// A webhook `id` of `project` wanting `kinds` (`None`: all), created at
+/// `at(created)`.
+pub fn webhook(id: &str, project: &str, kinds: Option<&[&str]>, created: i64) -> WebhookRecord {
+    WebhookRecord {
+        id: id.into(),
+        project: project.into(),
+        url: format!("https://hooks.example.com/{id}"),
+        events: kinds.map(|k| k.iter().map(|s| (*s).to_owned()).collect()),
+        secret: sealed(&format!("whsec_{id}")),
+        created_at: at(created),
+    }
+}
+
+/// A delivery attempt at `at(happened)` answered with `status` (`None`:
+/// no answer, with an error).
+pub fn delivery_attempt(status: Option<u16>, happened: i64) -> DeliveryAttempt {
+    DeliveryAttempt {
+        at: at(happened),
+        http_status: status,
+        latency_ms: 42,
+        error: match status {
+            Some(200..=299) => None,
+            Some(other) => Some(format!("receiver answered {other}")),
+            None => Some("connection refused".into()),
+        },
     }
 }
