@@ -112,6 +112,7 @@ impl Application {
             engine: engine.clone(),
             admin_key: admin_key.map(Arc::new),
             engine_alive: Arc::new(AtomicBool::new(true)),
+            allow_private_targets: config.security.allow_private_targets,
         };
         Ok(Self {
             listener,

@@ -11,5 +11,6 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod outbox;
 pub mod provider;
 pub mod telemetry;

@@ -13,8 +13,10 @@ mod auth;
 mod connections;
 pub mod dto;
 pub mod error;
+pub mod events;
 mod extract;
 mod providers;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +48,9 @@ pub struct AppState {
     pub admin_key: Option<Arc<SecretString>>,
     /// False once the engine's loop has stopped unexpectedly.
     pub engine_alive: Arc<AtomicBool>,
+    /// `[security] allow_private_targets`: webhooks may point at loopback
+    /// and private addresses.
+    pub allow_private_targets: bool,
 }
 
 /// The full router: `/v1/…`, `/health`, `/ready`.
@@ -58,6 +63,11 @@ pub fn router(state: AppState) -> Router {
         .route("/connections/{id}/refresh", post(connections::refresh))
         .route("/connections/{id}/reset", post(connections::reset))
         .route("/connections/{id}/attempts", get(connections::attempts))
+        .route("/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/webhooks/{id}", axum::routing::delete(webhooks::delete))
+        .route("/events", get(events::list))
+        .route("/events/{id}", get(events::show))
+        .route("/events/{id}/redeliver", post(events::redeliver))
         .route("/providers", get(providers::list))
         .route("/apps", post(apps::create).get(apps::list))
         .route("/apps/{provider}", axum::routing::delete(apps::delete));

@@ -4,7 +4,9 @@
 
 mod apps;
 mod connections;
+mod events;
 mod keys;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,6 +43,12 @@ enum Command {
     /// Manage custom apps: a project's own OAuth client for a configured provider.
     #[command(subcommand)]
     Apps(apps::AppsCommand),
+    /// Manage project webhooks (signed deliveries of a project's events).
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
+    /// Inspect events and their deliveries; redeliver.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// Run Thermos against a built-in test provider on loopback and report.
     Demo(crate::demo::DemoArgs),
     /// Configuration helpers.
@@ -85,6 +93,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(command) => keys::run(&config, command).await,
         Command::Connections(command) => connections::run(&config, command).await,
         Command::Apps(command) => apps::run(&config, command).await,
+        Command::Webhooks(command) => webhooks::run(&config, command).await,
+        Command::Events(command) => events::run(&config, command).await,
         Command::Config(ConfigCommand::Check) => {
             println!("{config:#?}");
             Ok(())
