@@ -493,7 +493,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Sends an event again: each of its deliveries (except those of a
     /// deleted webhook) goes back to `pending`, due at `now`, lease dropped,
-    /// attempt count kept. It then goes out after any earlier pending
+    /// attempt count kept, and its retry period restarts at `now`. It then goes out after any earlier pending
     /// delivery of its channel, and before later ones. Returns how many
     /// deliveries were reset (0 for an unknown event or one with none).
     async fn redeliver_event(&self, event_id: &str, now: OffsetDateTime) -> StoreResult<u64>;

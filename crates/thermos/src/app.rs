@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::engine::{Engine, EngineSettings};
+use crate::outbox::alerts::{Aggregator, AlertSettings};
+use crate::outbox::dispatch::{AlertChannel, DispatchSettings, Dispatcher};
 use crate::provider::RefreshClient;
 
 /// Extra time given to refreshes in flight at shutdown, beyond the request timeout.
@@ -75,6 +77,8 @@ pub fn instance_name() -> String {
 pub struct Application {
     listener: TcpListener,
     engine: Engine,
+    dispatcher: Arc<Dispatcher>,
+    aggregator: Option<Arc<Aggregator>>,
     state: AppState,
     engine_enabled: bool,
     grace: Duration,
@@ -99,9 +103,31 @@ impl Application {
             max_concurrency: config.refresh.max_concurrency,
             request_timeout: config.refresh.request_timeout,
             owner: instance_name(),
+            escalate_after: config
+                .alerts
+                .as_ref()
+                .map_or(crate::engine::events::DEFAULT_ESCALATE_AFTER, |a| a.escalate_after),
         };
         let client = RefreshClient::new(config.refresh.request_timeout);
-        let engine = Engine::new(store, Arc::new(key), config.providers.clone(), client, clock, settings);
+        let key = Arc::new(key);
+        let dispatcher = Arc::new(Dispatcher::new(
+            Arc::clone(&store),
+            Arc::clone(&key),
+            Arc::clone(&clock),
+            DispatchSettings {
+                allow_private_targets: config.security.allow_private_targets,
+                alerts: config.alerts.as_ref().map(AlertChannel::from_config),
+                ..DispatchSettings::new(settings.owner.clone())
+            },
+        ));
+        let aggregator = config.alerts.as_ref().map(|alerts| {
+            Arc::new(Aggregator::new(
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                AlertSettings::from_config(alerts),
+            ))
+        });
+        let engine = Engine::new(store, key, config.providers.clone(), client, clock, settings);
         let custom = crate::api::apps::load_into_registry(&engine)
             .await
             .context("load custom apps")?;
@@ -117,6 +143,8 @@ impl Application {
         Ok(Self {
             listener,
             engine,
+            dispatcher,
+            aggregator,
             state,
             engine_enabled: config.engine.enabled,
             grace: config.refresh.request_timeout + SHUTDOWN_GRACE_EXTRA,
@@ -127,6 +155,39 @@ impl Application {
     /// The address the API listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The outbox dispatcher (webhooks and alerts).
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// Starts the outbox (with the engine): the dispatcher, the alert
+    /// aggregator when alerts are configured, and the bridge that wakes the dispatcher whenever the
+    /// engine or the API committed events.
+    fn spawn_outbox(&self, cancel: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        // An API-only instance leaves delivery to the instance that runs the engine.
+        if !self.engine_enabled {
+            return tasks;
+        }
+        let dispatcher = Arc::clone(&self.dispatcher);
+        let stop = cancel.clone();
+        tasks.push(tokio::spawn(async move { dispatcher.drive(stop).await }));
+        let (dispatcher, wake, stop) = (Arc::clone(&self.dispatcher), self.engine.outbox_wake(), cancel.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = wake.notified() => dispatcher.notify(),
+                }
+            }
+        }));
+        if let Some(aggregator) = &self.aggregator {
+            let (aggregator, stop) = (Arc::clone(aggregator), cancel.clone());
+            tasks.push(tokio::spawn(async move { aggregator.drive(stop).await }));
+        }
+        tasks
     }
 
     /// The engine (for tests and the demo).
@@ -148,6 +209,7 @@ impl Application {
         } else {
             None
         };
+        let outbox_tasks = self.spawn_outbox(&cancel);
         let router = api::router(self.state.clone());
         let server_cancel = cancel.clone();
         tracing::info!(listen = %self.local_addr(), engine = self.engine_enabled, "thermos is serving");
@@ -164,6 +226,9 @@ impl Application {
         }
         if !self.engine.wait_idle(self.grace).await {
             tracing::warn!("refreshes still in flight at shutdown; their leases will expire");
+        }
+        for task in outbox_tasks {
+            let _ = task.await;
         }
         tracing::info!("thermos stopped");
         result

@@ -101,13 +101,16 @@ async fn a_long_outage_costs_a_bounded_number_of_requests_and_everyone_recovers_
 
 #[tokio::test]
 async fn after_a_429_with_retry_after_5_no_request_reaches_the_provider_for_5_seconds() {
-    // Real clock and the real scheduler.
+    // Real clock and the real scheduler. One request in flight at a time, so
+    // that none is already on its way while the 429 travels back (those could
+    // not be recalled; with one slot, the next request waits for the 429).
     let app = spawn_app_with(AppOptions {
         provider: ProviderOptions {
             access_token_ttl: Duration::from_secs(2),
             ..ProviderOptions::default()
         },
         refresh_toml: FAST_REFRESH.into(),
+        provider_toml: "max_concurrency = 1\n".into(),
         ..AppOptions::default()
     })
     .await;
@@ -185,7 +188,7 @@ async fn a_wrong_client_secret_pauses_the_app_without_killing_connections_and_a_
     // The operator fixes the secret and reloads (SIGHUP does exactly this).
     let mut fixed = (*app.engine.provider(common::PROVIDER).unwrap()).clone();
     fixed.client_secret = Some("rotated-s3cret".to_owned().into());
-    app.engine.reload_providers(vec![fixed]);
+    app.engine.reload_providers(vec![fixed]).await;
     for _ in 0..5 {
         app.clock().advance(Duration::from_secs(1));
         app.drain().await;

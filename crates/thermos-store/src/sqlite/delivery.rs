@@ -139,8 +139,8 @@ pub(super) async fn finish(
 pub(super) async fn redeliver(store: &SqliteStore, event_id: &str, now: OffsetDateTime) -> StoreResult<u64> {
     let mut tx = store.begin_write().await?;
     let channels: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
-        "UPDATE deliveries SET status = 'pending', head = 0, next_attempt_at = ?2, delivered_at = NULL, \
-           lease_owner = NULL, lease_until = NULL \
+        "UPDATE deliveries SET status = 'pending', head = 0, next_attempt_at = ?2, created_at = ?2, \
+           delivered_at = NULL, lease_owner = NULL, lease_until = NULL \
          WHERE event_seq = (SELECT seq FROM events WHERE id = ?1) \
            AND (webhook_id IS NULL OR webhook_id IN (SELECT id FROM webhooks WHERE deleted_at IS NULL)) \
          RETURNING webhook_id, connection_id",

@@ -21,7 +21,7 @@ use super::dto::{
 };
 use super::error::{ApiError, ErrorKind};
 use super::extract::{ApiJson, ApiQuery, OptionalJson, PathId};
-use crate::engine::{Engine, FreshToken, Trigger, truncate_ms};
+use crate::engine::{Engine, FreshToken, Trigger, events, truncate_ms};
 
 /// Default `min_ttl` of `GET …/token`, in seconds.
 pub const DEFAULT_MIN_TTL_SECS: u64 = 60;
@@ -80,7 +80,15 @@ pub async fn create(
         metadata,
         next_refresh_at: sealed.next_refresh_at,
     };
-    let record = state.engine.store().insert_connection(new, now, Vec::new()).await?;
+    let subject = events::Subject {
+        id,
+        project: &new.project,
+        provider: &new.provider,
+        external_id: &new.external_id,
+    };
+    let created = events::subject_event("connection.created", &subject, serde_json::json!({}), now);
+    let record = state.engine.store().insert_connection(new, now, vec![created]).await?;
+    state.engine.events_committed();
     tracing::info!(connection_id = %record.id, provider = %record.provider, "connection imported");
     state.engine.wake();
     Ok((StatusCode::CREATED, Json(ConnectionView::from(&record))))
@@ -109,11 +117,22 @@ pub async fn replace_tokens(
     let saved = state
         .engine
         .store()
-        .replace_tokens(id, update, now, Vec::new())
+        .replace_tokens(
+            id,
+            update,
+            now,
+            vec![events::connection_event(
+                "connection.reconnected",
+                &record,
+                serde_json::json!({"previous_status": record.status.as_str()}),
+                now,
+            )],
+        )
         .await?
         .ok_or_else(|| ApiError::not_found("connection"))?;
     tracing::info!(connection_id = %id, provider = %saved.provider, "tokens replaced");
     state.engine.wake();
+    state.engine.events_committed();
     Ok(Json(ConnectionView::from(&saved)))
 }
 

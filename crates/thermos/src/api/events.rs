@@ -226,6 +226,7 @@ pub async fn redeliver(
     visible(&state, &caller, &id).await?;
     let redelivered = state.engine.store().redeliver_event(&id, state.engine.now()).await?;
     tracing::info!(event_id = %id, redelivered, "event redelivery requested");
+    state.engine.events_committed();
     Ok((StatusCode::ACCEPTED, Json(Redelivered { redelivered })))
 }
 

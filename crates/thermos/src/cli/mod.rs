@@ -145,7 +145,7 @@ fn reload_on_sighup(engine: crate::engine::Engine, config_path: Option<PathBuf>)
             match Config::load(config_path.as_deref()) {
                 Ok(config) => {
                     let providers = config.providers.len();
-                    engine.reload_providers(config.providers);
+                    engine.reload_providers(config.providers).await;
                     // Projects' own apps are copies of the configured ones: rebuild them too.
                     if let Err(e) = crate::api::apps::load_into_registry(&engine).await {
                         tracing::error!(error.message = %e, "reloading custom apps failed");

@@ -113,22 +113,57 @@ async fn attempt(
     }
     let outcome = inner.client.refresh(app, refresh_token, inner.clock.as_ref()).await;
     let recorded = guard.record(inner.clock.now(), &outcome, probe);
-    match recorded.transition {
-        Some(TransitionKind::Opened(reason)) => warn!(
-            provider = %app.slug,
-            client_id = %app.client_id,
-            reason = reason.as_str(),
-            error.code = outcome.error_code().unwrap_or_default(),
-            "provider app paused: scheduled refreshes wait and a probe is sent periodically"
-        ),
-        Some(TransitionKind::Closed) => {
-            info!(provider = %app.slug, client_id = %app.client_id, "provider app answers again; resuming")
-        }
-        None => {}
+    if let Some(transition) = recorded.transition {
+        report_transition(inner, app, transition, &outcome).await;
     }
     Ok(outcome)
 }
 
 fn is_lost(outcome: &RefreshOutcome) -> bool {
     matches!(outcome, RefreshOutcome::Transient(t) if t.kind == TransientKind::ResponseLost)
+}
+
+/// Logs a breaker transition once and records it as provider events
+/// (`provider.circuit_opened` / `provider.client_invalid` / `provider.circuit_closed`).
+async fn report_transition(
+    inner: &Arc<Inner>,
+    app: &ProviderApp,
+    transition: TransitionKind,
+    outcome: &RefreshOutcome,
+) {
+    let now = inner.clock.now();
+    let code = outcome.error_code().unwrap_or_default();
+    let mut kinds = Vec::new();
+    match transition {
+        TransitionKind::Opened(reason) => {
+            warn!(
+                provider = %app.slug,
+                client_id = %app.client_id,
+                reason = reason.as_str(),
+                error.code = code,
+                "provider app paused: scheduled refreshes wait and a probe is sent periodically"
+            );
+            kinds.push("provider.circuit_opened");
+            if reason == PauseReason::ClientInvalid {
+                kinds.push("provider.client_invalid");
+            }
+        }
+        TransitionKind::Closed => {
+            info!(provider = %app.slug, client_id = %app.client_id, "provider app answers again; resuming");
+            kinds.push("provider.circuit_closed");
+        }
+    }
+    let reason = match transition {
+        TransitionKind::Opened(reason) => Some(reason.as_str()),
+        TransitionKind::Closed => None,
+    };
+    let data = serde_json::json!({"reason": reason, "error_code": code, "http_status": outcome.http_status()});
+    let events = kinds
+        .into_iter()
+        .map(|kind| super::events::provider_event(kind, &app.slug, &app.client_id, data.clone(), now))
+        .collect();
+    match inner.store.insert_events(events).await {
+        Ok(()) => inner.outbox_wake.notify_one(),
+        Err(e) => warn!(provider = %app.slug, error.message = %e, "recording a provider event failed"),
+    }
 }

@@ -12,6 +12,7 @@
 
 mod apps;
 mod call;
+pub mod events;
 mod flight;
 mod forced;
 pub mod gate;
@@ -83,6 +84,8 @@ pub struct EngineSettings {
     pub request_timeout: Duration,
     /// This instance's lease-owner name.
     pub owner: String,
+    /// Consecutive failures after which `connection.failing` is emitted.
+    pub escalate_after: u32,
 }
 
 impl EngineSettings {
@@ -117,6 +120,8 @@ struct Inner {
     sleeping_until_ms: AtomicI64,
     tasks: TaskTracker,
     stats: EngineStats,
+    /// Woken after events commit, so the outbox dispatcher sends them at once.
+    outbox_wake: Arc<Notify>,
 }
 
 impl Engine {
@@ -146,6 +151,7 @@ impl Engine {
                 sleeping_until_ms: AtomicI64::new(i64::MAX),
                 tasks: TaskTracker::new(),
                 stats: EngineStats::default(),
+                outbox_wake: Arc::new(Notify::new()),
             }),
         }
     }
@@ -161,6 +167,16 @@ impl Engine {
         if due_ms < inner.sleeping_until_ms.load(Ordering::Relaxed) {
             inner.wake.notify_one();
         }
+    }
+
+    /// Notified whenever events were committed (the outbox dispatcher waits on it).
+    pub fn outbox_wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.outbox_wake)
+    }
+
+    /// Tells the outbox dispatcher that events are waiting.
+    pub fn events_committed(&self) {
+        self.inner.outbox_wake.notify_one();
     }
 
     /// The clock the engine reads.
@@ -191,9 +207,27 @@ impl Engine {
     /// Replaces the configured provider apps (SIGHUP). Every app's guard is
     /// rebuilt: new limits apply, and apps paused for an invalid client or an
     /// open breaker resume; a probe tells if they still fail.
-    pub fn reload_providers(&self, providers: Vec<ProviderApp>) {
+    pub async fn reload_providers(&self, providers: Vec<ProviderApp>) {
+        let now = self.now();
+        let resumed: Vec<_> = self
+            .inner
+            .guards
+            .snapshots(now)
+            .into_iter()
+            .filter(|s| s.breaker.open.is_some())
+            .map(|s| {
+                let data = serde_json::json!({"reason": "config_reloaded"});
+                events::provider_event("provider.circuit_closed", &s.key.provider, &s.key.client_id, data, now)
+            })
+            .collect();
         self.inner.apps.replace_defaults(providers);
         self.inner.guards.reset();
+        if !resumed.is_empty() {
+            match self.inner.store.insert_events(resumed).await {
+                Ok(()) => self.events_committed(),
+                Err(e) => tracing::warn!(error.message = %e, "recording resumed provider apps failed"),
+            }
+        }
         self.wake();
     }
 

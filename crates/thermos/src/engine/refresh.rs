@@ -24,6 +24,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{info, warn};
 
 use super::call::{self, Called};
+use super::events;
 use super::flight::{Flight, FlightResult, RefreshFailure};
 use super::guard::{AppGuard, PauseReason};
 use super::token::FreshToken;
@@ -243,11 +244,20 @@ async fn commit(
     let attempt = attempt_record(trigger, started_at, started, "refreshed", None, Some(200));
     match inner
         .store
-        .finish_refresh(record.id, record.version, update, attempt, Vec::new())
+        .finish_refresh(
+            record.id,
+            record.version,
+            update,
+            attempt,
+            events::after_success(record, issued_at),
+        )
         .await
     {
         Ok(FinishOutcome::Committed(saved)) => {
             inner.stats.refreshed();
+            if record.consecutive_failures > 0 {
+                inner.outbox_wake.notify_one();
+            }
             Engine::wake_if_before(inner, next_refresh_at);
             info!(
                 connection_id = %record.id,
@@ -356,6 +366,21 @@ async fn fail(
             plan.entered_recovery,
         )
     };
+    let failure_events = events::after_failure(
+        record,
+        &events::FailureFacts {
+            code: &failure.code,
+            message: &failure.message,
+            http_status: failure.http_status,
+            failures,
+            needs_reauth: failure.permanent,
+            entered_recovery,
+            lost_response: failure.code == LOST_THEN_INVALID_GRANT,
+            next_attempt_at: next_refresh_at,
+        },
+        inner.settings.escalate_after,
+        now,
+    );
     let update = FailureUpdate {
         status,
         consecutive_failures: failures,
@@ -394,9 +419,10 @@ async fn fail(
     );
     inner
         .store
-        .record_failure(record.id, record.version, update, attempt, Vec::new())
+        .record_failure(record.id, record.version, update, attempt, failure_events)
         .await
         .map_err(|e| store_failure("record failure", &e))?;
+    inner.outbox_wake.notify_one();
     if let Some(next) = next_refresh_at {
         Engine::wake_if_before(inner, next);
     }
