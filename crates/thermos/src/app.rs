@@ -157,6 +157,11 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The alert aggregator, when `[alerts]` is configured.
+    pub fn aggregator(&self) -> Option<&Arc<Aggregator>> {
+        self.aggregator.as_ref()
+    }
+
     /// The outbox dispatcher (webhooks and alerts).
     pub fn dispatcher(&self) -> &Arc<Dispatcher> {
         &self.dispatcher

@@ -502,3 +502,80 @@ async fn a_rotated_client_secret_pauses_the_app_until_the_fixed_config_is_reload
     assert!(!log.contains("rotated-s3cret"), "the secret reached the log");
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_before_a_kill_is_delivered_after_the_restart() {
+    let provider = TestProvider::start(ProviderOptions::default()).await;
+    let receiver = common::receiver::Receiver::start(0).await;
+    receiver.set_failing(true);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &provider);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("[security]\n", "[security]\nallow_private_targets = true\n", 1),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let mut server = Server::start(&config, dir.path().join("run1.log")).await;
+    let (status, hook) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/v1/webhooks", server.base),
+        Some(json!({"project": "p1", "url": receiver.url()})),
+    )
+    .await;
+    assert_eq!(status, 201, "{hook}");
+    let grants = [provider.issue_grant()];
+    let ids = import_all(&http, &server.base, &grants, 3600).await;
+    // The receiver is down: the event is committed but not delivered when the process dies.
+    let tried = eventually(Duration::from_secs(15), || {
+        let (http, base) = (&http, &server.base);
+        async move {
+            let (_, events) = call(
+                http,
+                reqwest::Method::GET,
+                format!("{base}/v1/events?type=connection.created"),
+                None,
+            )
+            .await;
+            events["data"][0]["deliveries"][0]["attempts"].as_u64() >= Some(1)
+        }
+    })
+    .await;
+    assert!(tried, "no delivery attempt was made");
+    server.kill();
+    assert!(receiver.received().is_empty());
+
+    receiver.set_failing(false);
+    let mut server = Server::start(&config, dir.path().join("run2.log")).await;
+    let (_, events) = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{}/v1/events/{}", server.base, "x"),
+        None,
+    )
+    .await;
+    assert_eq!(events["error"]["code"], 1603);
+    let event_id = {
+        let (_, events) = call(
+            &http,
+            reqwest::Method::GET,
+            format!("{}/v1/events?type=connection.created", server.base),
+            None,
+        )
+        .await;
+        events["data"][0]["id"].as_str().unwrap().to_owned()
+    };
+    // Nothing to do but wait: the delivery is retried with backoff (first retry after about 5 s).
+    let delivered = eventually(Duration::from_secs(15), || {
+        std::future::ready(!receiver.received().is_empty())
+    })
+    .await;
+    assert!(delivered, "the event was not delivered after the restart");
+    let got = &receiver.received()[0];
+    assert_eq!(got.body["type"], "connection.created");
+    assert_eq!(got.body["id"], event_id.as_str());
+    assert_eq!(got.body["data"]["connection_id"], ids[0].as_str());
+    server.terminate();
+}

@@ -24,6 +24,7 @@ async fn manual_app(provider: ProviderOptions, provider_toml: &str) -> TestApp {
         provider,
         refresh_toml: FAST_REFRESH.into(),
         provider_toml: provider_toml.into(),
+        ..AppOptions::default()
     })
     .await
 }

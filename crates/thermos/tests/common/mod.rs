@@ -2,6 +2,8 @@
 //! the test OAuth provider on loopback, with a real SQLite file.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,11 @@ pub struct AppOptions {
     pub refresh_toml: String,
     /// Extra lines for the `[[provider]]` section (e.g. `max_concurrency = 4`).
     pub provider_toml: String,
+    /// Extra sections after the provider (e.g. `[alerts]`, `[security]` keys
+    /// cannot repeat: use `allow_private_targets` below).
+    pub extra_toml: String,
+    /// `security.allow_private_targets` (webhooks to loopback receivers).
+    pub allow_private_targets: bool,
 }
 
 impl Default for AppOptions {
@@ -38,6 +45,8 @@ impl Default for AppOptions {
             manual_clock: false,
             refresh_toml: "backoff_initial = \"5s\"\nbackoff_max = \"5m\"\nrequest_timeout = \"5s\"\n".into(),
             provider_toml: String::new(),
+            extra_toml: String::new(),
+            allow_private_targets: false,
         }
     }
 }
@@ -50,6 +59,8 @@ pub struct TestApp {
     pub engine: Engine,
     pub clock: Option<Arc<ManualClock>>,
     pub dir: TempDir,
+    pub dispatcher: Arc<thermos::outbox::dispatch::Dispatcher>,
+    pub aggregator: Option<Arc<thermos::outbox::alerts::Aggregator>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -75,6 +86,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         &options.refresh_toml,
     );
     toml.push_str(&options.provider_toml);
+    toml.push_str(&options.extra_toml);
+    if options.allow_private_targets {
+        toml = toml.replacen("[security]\n", "[security]\nallow_private_targets = true\n", 1);
+    }
     let config = Config::from_toml_str(&toml).expect("test config is valid");
     let (key, _) = MasterKey::generate();
     let manual = options
@@ -89,6 +104,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         .expect("app builds");
     let base = format!("http://{}", app.local_addr());
     let engine = app.engine().clone();
+    let dispatcher = Arc::clone(app.dispatcher());
+    let aggregator = app.aggregator().cloned();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async move {
         let _ = rx.await;
@@ -100,6 +117,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         engine,
         clock: manual,
         dir,
+        dispatcher,
+        aggregator,
         shutdown: Some(tx),
         task: Some(task),
     }
