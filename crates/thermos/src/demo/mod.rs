@@ -20,7 +20,10 @@ use thermos_core::status::ConnectionStatus;
 use thermos_testprovider::{Fault, GrantId, ProviderOptions, TestProvider};
 use tokio::sync::Mutex;
 
+mod capture;
+
 use crate::app::{self, Application};
+use capture::Capture;
 use crate::cli::parse_duration;
 use crate::config::Config;
 
@@ -44,6 +47,12 @@ pub struct DemoArgs {
     /// Share of token requests the provider answers with 503 (0.0-1.0).
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
+    /// Take the provider down (503 to everything) this long into the run.
+    #[arg(long, value_parser = parse_duration)]
+    outage_at: Option<Duration>,
+    /// How long the outage lasts.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    outage_for: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -75,13 +84,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         provider.set_fault(Fault::FailRate(args.fail_rate));
     }
     let dir = tempfile::tempdir().context("create a temporary directory")?;
-    let config = Config::from_toml_str(&loopback_config_toml(
-        dir.path(),
-        DEMO_PROVIDER,
-        &provider.token_url(),
-        DEMO_REFRESH,
-        true,
-    ))?;
+    let capture = Capture::start().await.context("start the webhook receiver")?;
+    let mut toml = loopback_config_toml(dir.path(), DEMO_PROVIDER, &provider.token_url(), DEMO_REFRESH, true);
+    toml = toml.replacen("[security]\n", "[security]\nallow_private_targets = true\n", 1);
+    toml.push_str(&format!("\n[alerts]\nwebhook_url = \"{}\"\nformat = \"slack\"\n", capture.alerts_url()));
+    let config = Config::from_toml_str(&toml)?;
     let (key, _) = MasterKey::generate();
     let admin_key = format!("demo-{}", uuid::Uuid::now_v7().simple());
     let application = Application::build(&config, key, Some(admin_key.clone().into()), app::system_clock()).await?;
@@ -101,6 +108,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         dir.path().join("thermos.db").display()
     );
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let hook = http
+        .post(format!("{base}/v1/webhooks"))
+        .bearer_auth(&admin_key)
+        .json(&json!({"project": "demo", "url": capture.hook_url()}))
+        .send()
+        .await?;
+    if hook.status() != reqwest::StatusCode::CREATED {
+        bail!("registering the demo webhook answered {}", hook.status());
+    }
     let started = Instant::now();
     let (ids, grants) = import(&http, &base, &admin_key, &provider, args.connections, args.ttl).await?;
     println!(
@@ -130,8 +146,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let run_started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
+    let outage = args.outage_at.map(|at| (at, at + args.outage_for));
     while tokio::time::Instant::now() < deadline {
         ticker.tick().await;
+        if let Some((from, to)) = outage {
+            let elapsed = run_started.elapsed();
+            if elapsed >= from && elapsed < to && provider.pending_faults() == 0 {
+                provider.set_fault(Fault::Unavailable);
+            } else if elapsed >= to {
+                if args.fail_rate > 0.0 {
+                    provider.set_fault(Fault::FailRate(args.fail_rate));
+                } else {
+                    provider.clear_fault();
+                }
+            }
+        }
         let stats = engine.stats();
         let due_next = match engine.store().next_due_at().await {
             Ok(Some(at)) => format!("{:.1}s", (at - engine.now()).as_seconds_f64().max(0.0)),
@@ -215,6 +244,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("final states           {}", states.join(", "));
     println!("final tokens valid     {}/{}", final_check.valid, ids.len());
+    report_outbox(&capture);
     Ok(())
 }
 
@@ -366,4 +396,28 @@ async fn check_all(
         .filter(|t| provider.access_token_is_valid(t))
         .count();
     FinalCheck { valid, revoked: 0 }
+}
+
+/// Prints what the stand-in application and operators received.
+fn report_outbox(capture: &Capture) {
+    let by_type = capture.deliveries_by_type();
+    let total: u64 = by_type.values().sum();
+    let types: Vec<String> = by_type.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+    println!("webhook deliveries     {total} ({})", types.join(", "));
+    if let Some(first) = capture.first_delivery() {
+        println!("\n--- a webhook delivery as received (POST /hook) ---");
+        for (name, value) in &first.headers {
+            println!("{name}: {value}");
+        }
+        println!("\n{}", serde_json::to_string_pretty(&first.body).unwrap_or_default());
+    }
+    let alerts = capture.alerts();
+    println!("\n--- operator alerts received: {} ---", alerts.len());
+    for alert in &alerts {
+        println!("{}", alert.body["text"].as_str().unwrap_or_default());
+    }
+    if let Some(first) = alerts.first() {
+        println!("\n--- the first alert as received (Slack format) ---");
+        println!("{}", serde_json::to_string_pretty(&first.body).unwrap_or_default());
+    }
 }
