@@ -117,6 +117,7 @@ impl Application {
             DispatchSettings {
                 allow_private_targets: config.security.allow_private_targets,
                 alerts: config.alerts.as_ref().map(AlertChannel::from_config),
+                retention: config.outbox.retention,
                 ..DispatchSettings::new(settings.owner.clone())
             },
         ));

@@ -57,6 +57,10 @@ pub const DEFAULT_MAX_CONCURRENCY: u32 = 256;
 pub const DEFAULT_FAILURE_THRESHOLD: f64 = 0.10;
 /// Default number of consecutive failures before an alert escalates.
 pub const DEFAULT_ESCALATE_AFTER: u32 = 3;
+/// Default aggregation window of operator alerts (`alerts.window`).
+pub const DEFAULT_ALERT_WINDOW: Duration = crate::outbox::alerts::DEFAULT_WINDOW;
+/// Default time delivered and failed webhook deliveries are kept (`outbox.retention`).
+pub const DEFAULT_OUTBOX_RETENTION: Duration = crate::outbox::dispatch::DEFAULT_RETENTION;
 
 /// The validated configuration of one Thermos instance.
 #[derive(Clone)]
@@ -73,6 +77,8 @@ pub struct Config {
     pub providers: Vec<ProviderApp>,
     /// `[alerts]`, when the section is present.
     pub alerts: Option<AlertsConfig>,
+    /// `[outbox]`.
+    pub outbox: OutboxConfig,
     /// `[engine]`.
     pub engine: EngineConfig,
 }
@@ -126,6 +132,9 @@ pub struct AlertsConfig {
     pub on_first_failure: bool,
     /// Send the all-clear when a connection recovers.
     pub on_recovery: bool,
+    /// The aggregation window: gathering time before a provider's first
+    /// alert and the least time between two of its alerts (at least 1 s).
+    pub window: Duration,
 }
 
 /// The payload shape of alert webhooks.
@@ -145,6 +154,22 @@ impl AlertFormat {
             "slack" => Some(Self::Slack),
             "json" => Some(Self::Json),
             _ => None,
+        }
+    }
+}
+
+/// `[outbox]`: the webhook deliveries and events kept for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxConfig {
+    /// How long delivered and failed deliveries, and their events, are kept
+    /// before pruning (at least 1 h).
+    pub retention: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            retention: DEFAULT_OUTBOX_RETENTION,
         }
     }
 }
@@ -322,6 +347,7 @@ impl Default for Config {
             },
             providers: Vec::new(),
             alerts: None,
+            outbox: OutboxConfig::default(),
             engine: EngineConfig { enabled: true },
         }
     }
@@ -336,6 +362,7 @@ impl fmt::Debug for Config {
             .field("refresh", &self.refresh)
             .field("providers", &self.providers)
             .field("alerts", &self.alerts)
+            .field("outbox", &self.outbox)
             .field("engine", &self.engine)
             .finish()
     }
@@ -352,6 +379,7 @@ impl fmt::Debug for AlertsConfig {
             .field("escalate_after", &self.escalate_after)
             .field("on_first_failure", &self.on_first_failure)
             .field("on_recovery", &self.on_recovery)
+            .field("window", &self.window)
             .finish()
     }
 }

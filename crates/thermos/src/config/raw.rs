@@ -33,12 +33,16 @@ pub(super) struct RawConfig {
     pub provider: Vec<RawProvider>,
     pub alerts: Option<RawAlerts>,
     #[serde(default)]
+    pub outbox: RawOutbox,
+    #[serde(default)]
     pub engine: RawEngine,
 }
 
 /// The sections an environment override may name (`[[provider]]` is a list
 /// and is configured in the file only).
-pub(super) const ENV_SECTIONS: &[&str] = &["server", "database", "security", "refresh", "alerts", "engine"];
+pub(super) const ENV_SECTIONS: &[&str] = &[
+    "server", "database", "security", "refresh", "alerts", "outbox", "engine",
+];
 
 /// `[server]`.
 #[derive(Default, Deserialize)]
@@ -105,6 +109,14 @@ pub(super) struct RawAlerts {
     pub escalate_after: Option<Scalar>,
     pub on_first_failure: Option<Scalar>,
     pub on_recovery: Option<Scalar>,
+    pub window: Option<Scalar>,
+}
+
+/// `[outbox]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutbox {
+    pub retention: Option<Scalar>,
 }
 
 /// `[engine]`.

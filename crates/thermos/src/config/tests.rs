@@ -58,6 +58,7 @@ fn with_no_file_every_default_applies() {
     assert!((config.refresh.failure_threshold - 0.10).abs() < f64::EPSILON);
     assert!(config.providers.is_empty());
     assert!(config.alerts.is_none());
+    assert_eq!(config.outbox.retention, Duration::from_secs(7 * 24 * 3600));
     assert!(config.engine.enabled);
     assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
 }
@@ -105,6 +106,9 @@ fn a_full_file_is_read_into_runtime_types() {
         escalate_after = 5
         on_first_failure = false
         on_recovery = false
+        window = "2m"
+        [outbox]
+        retention = "3d"
         [engine]
         enabled = false
     "#;
@@ -148,7 +152,75 @@ fn a_full_file_is_read_into_runtime_types() {
     assert_eq!(alerts.format, AlertFormat::Json);
     assert_eq!(alerts.escalate_after, 5);
     assert!(!alerts.on_first_failure && !alerts.on_recovery);
+    assert_eq!(alerts.window, Duration::from_secs(120));
+    assert_eq!(config.outbox.retention, Duration::from_secs(3 * 24 * 3600));
     assert!(!config.engine.enabled);
+}
+
+#[test]
+fn an_alerts_section_without_a_window_aggregates_over_a_minute() {
+    let config = Config::from_toml_str("[alerts]\nwebhook_url = \"https://hooks.example.com/x\"\n").unwrap();
+    assert_eq!(config.alerts.unwrap().window, Duration::from_secs(60));
+}
+
+#[test]
+fn the_alert_window_and_the_outbox_retention_can_be_overridden_by_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        dir.path(),
+        "[alerts]\nwebhook_url = \"https://hooks.example.com/x\"\nwindow = \"5m\"\n[outbox]\nretention = \"1d\"\n",
+    );
+    let vars = env(&[("THERMOS_ALERTS__WINDOW", "30s"), ("THERMOS_OUTBOX__RETENTION", "2d")]);
+    let config = Config::load_from(Some(&path), vars).unwrap();
+    assert_eq!(config.alerts.unwrap().window, Duration::from_secs(30));
+    assert_eq!(config.outbox.retention, Duration::from_secs(2 * 24 * 3600));
+}
+
+#[test]
+fn a_too_short_or_invalid_window_or_retention_is_reported_with_its_key() {
+    let toml = r#"
+        [alerts]
+        webhook_url = "https://hooks.example.com/x"
+        window = "500ms"
+        [outbox]
+        retention = "30m"
+    "#;
+    let found = problems(Config::from_toml_str(toml));
+    assert_eq!(
+        found,
+        [
+            "alerts.window: must be at least 1s (got 500ms)",
+            "outbox.retention: must be at least 1h (got 30m)",
+        ]
+    );
+    let found = problems(Config::load_from(
+        None,
+        env(&[("THERMOS_OUTBOX__RETENTION", "forever"), ("THERMOS_OUTBOX__KEEP", "1d")]),
+    ));
+    assert!(has(&found, "outbox.keep: unknown key"), "{found:?}");
+    let found = problems(Config::load_from(
+        None,
+        env(&[("THERMOS_OUTBOX__RETENTION", "forever")]),
+    ));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("outbox.retention: invalid duration \"forever\""),
+        "{found:?}"
+    );
+    assert!(found[0].ends_with("(from THERMOS_OUTBOX__RETENTION)"), "{found:?}");
+    let window = |value: &str| {
+        Config::from_toml_str(&format!(
+            "[alerts]\nwebhook_url = \"https://hooks.example.com/x\"\nwindow = {value}\n"
+        ))
+    };
+    assert!(has(
+        &problems(window("60")),
+        "alerts.window: expected a duration with a unit"
+    ));
+    assert!(has(
+        &problems(window("\"0s\"")),
+        "alerts.window: must be greater than zero"
+    ));
 }
 
 #[test]
@@ -505,6 +577,8 @@ fn the_settings_commented_out_in_the_example_are_valid_too() {
     let example = config.provider("example").unwrap();
     assert_eq!(example.max_concurrency, Some(32));
     assert_eq!(example.extra_params.len(), 1);
-    assert_eq!(config.alerts.unwrap().escalate_after, 3);
+    let alerts = config.alerts.unwrap();
+    assert_eq!(alerts.escalate_after, 3);
+    assert_eq!(alerts.window, Duration::from_secs(60));
     assert_eq!(config.server.public_url.as_str(), "https://thermos.example.com/");
 }

@@ -17,12 +17,18 @@ use thermos_core::plan::{
 };
 use url::Url;
 
-use super::raw::{RawAlerts, RawConfig, RawRefresh, Scalar};
+use super::raw::{RawAlerts, RawConfig, RawOutbox, RawRefresh, Scalar};
 use super::{
-    AlertFormat, AlertsConfig, Config, DEFAULT_ADMIN_KEY_ENV, DEFAULT_DATABASE_URL, DEFAULT_ESCALATE_AFTER,
-    DEFAULT_FAILURE_THRESHOLD, DEFAULT_LISTEN, DEFAULT_MASTER_KEY_FILE_NAME, DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_REQUEST_TIMEOUT, EngineConfig, Problem, RefreshConfig, SecurityConfig, ServerConfig,
+    AlertFormat, AlertsConfig, Config, DEFAULT_ADMIN_KEY_ENV, DEFAULT_ALERT_WINDOW, DEFAULT_DATABASE_URL,
+    DEFAULT_ESCALATE_AFTER, DEFAULT_FAILURE_THRESHOLD, DEFAULT_LISTEN, DEFAULT_MASTER_KEY_FILE_NAME,
+    DEFAULT_MAX_CONCURRENCY, DEFAULT_OUTBOX_RETENTION, DEFAULT_REQUEST_TIMEOUT, EngineConfig, OutboxConfig, Problem,
+    RefreshConfig, SecurityConfig, ServerConfig,
 };
+
+/// The shortest `alerts.window`.
+const MIN_ALERT_WINDOW: Duration = Duration::from_secs(1);
+/// The shortest `outbox.retention`.
+const MIN_OUTBOX_RETENTION: Duration = Duration::from_secs(3600);
 
 /// Validates the raw configuration.
 pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<Problem>> {
@@ -82,6 +88,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
     let refresh = c.refresh(&raw.refresh);
     let providers = c.providers(raw.provider, lookup);
     let alerts = raw.alerts.and_then(|a| c.alerts(a));
+    let outbox = c.outbox(&raw.outbox);
     let engine = EngineConfig {
         enabled: c.boolean("engine.enabled", raw.engine.enabled.as_ref(), true),
     };
@@ -96,6 +103,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
         refresh,
         providers,
         alerts,
+        outbox,
         engine,
     })
 }
@@ -201,6 +209,29 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// A duration of at least `min`; `None` if invalid.
+    fn duration_at_least(
+        &mut self,
+        key: &str,
+        raw: Option<&Scalar>,
+        default: Duration,
+        min: Duration,
+    ) -> Option<Duration> {
+        let value = self.duration(key, raw, default)?;
+        if value < min {
+            self.problem(
+                key,
+                format!(
+                    "must be at least {} (got {})",
+                    humantime::format_duration(min),
+                    humantime::format_duration(value)
+                ),
+            );
+            return None;
+        }
+        Some(value)
     }
 
     /// A whole number of at least `min`; `None` if invalid.
@@ -357,12 +388,31 @@ impl Checker {
         );
         let on_first_failure = self.boolean("alerts.on_first_failure", raw.on_first_failure.as_ref(), true);
         let on_recovery = self.boolean("alerts.on_recovery", raw.on_recovery.as_ref(), true);
+        let window = self.duration_at_least(
+            "alerts.window",
+            raw.window.as_ref(),
+            DEFAULT_ALERT_WINDOW,
+            MIN_ALERT_WINDOW,
+        );
         Some(AlertsConfig {
             webhook_url: webhook_url?,
             format,
             escalate_after: escalate_after?,
             on_first_failure,
             on_recovery,
+            window: window?,
         })
+    }
+
+    fn outbox(&mut self, raw: &RawOutbox) -> OutboxConfig {
+        let retention = self.duration_at_least(
+            "outbox.retention",
+            raw.retention.as_ref(),
+            DEFAULT_OUTBOX_RETENTION,
+            MIN_OUTBOX_RETENTION,
+        );
+        OutboxConfig {
+            retention: retention.unwrap_or(DEFAULT_OUTBOX_RETENTION),
+        }
     }
 }

@@ -99,10 +99,10 @@ impl Default for AlertSettings {
 }
 
 impl AlertSettings {
-    /// The settings of an `[alerts]` section, with the default window.
+    /// The settings of an `[alerts]` section.
     pub fn from_config(config: &AlertsConfig) -> Self {
         Self {
-            window: DEFAULT_WINDOW,
+            window: config.window,
             on_first_failure: config.on_first_failure,
             on_recovery: config.on_recovery,
             escalate_after: config.escalate_after.max(1),
