@@ -87,7 +87,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let capture = Capture::start().await.context("start the webhook receiver")?;
     let mut toml = loopback_config_toml(dir.path(), DEMO_PROVIDER, &provider.token_url(), DEMO_REFRESH, true);
     toml = toml.replacen("[security]\n", "[security]\nallow_private_targets = true\n", 1);
-    toml.push_str(&format!("\n[alerts]\nwebhook_url = \"{}\"\nformat = \"slack\"\n", capture.alerts_url()));
+    toml.push_str(&format!("\n[alerts]\nwebhook_url = \"{}\"\nformat = \"slack\"\nwindow = \"15s\"\n", capture.alerts_url()));
     let config = Config::from_toml_str(&toml)?;
     let (key, _) = MasterKey::generate();
     let admin_key = format!("demo-{}", uuid::Uuid::now_v7().simple());
