@@ -84,7 +84,10 @@ fn captured(headers: &HeaderMap, raw: &Bytes) -> Captured {
         .iter()
         .filter_map(|name| Some(((*name).to_owned(), headers.get(*name)?.to_str().ok()?.to_owned())))
         .collect();
-    Captured { headers, body: serde_json::from_slice(raw).unwrap_or(Value::Null) }
+    Captured {
+        headers,
+        body: serde_json::from_slice(raw).unwrap_or(Value::Null),
+    }
 }
 
 async fn hook(State(seen): State<Arc<Mutex<Seen>>>, headers: HeaderMap, raw: Bytes) -> StatusCode {

@@ -23,9 +23,9 @@ use tokio::sync::Mutex;
 mod capture;
 
 use crate::app::{self, Application};
-use capture::Capture;
 use crate::cli::parse_duration;
 use crate::config::Config;
+use capture::Capture;
 
 const DEMO_PROVIDER: &str = "demo";
 const DEMO_REFRESH: &str = "backoff_initial = \"1s\"\nbackoff_max = \"10s\"\nrequest_timeout = \"10s\"";
@@ -87,7 +87,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let capture = Capture::start().await.context("start the webhook receiver")?;
     let mut toml = loopback_config_toml(dir.path(), DEMO_PROVIDER, &provider.token_url(), DEMO_REFRESH, true);
     toml = toml.replacen("[security]\n", "[security]\nallow_private_targets = true\n", 1);
-    toml.push_str(&format!("\n[alerts]\nwebhook_url = \"{}\"\nformat = \"slack\"\nwindow = \"15s\"\n", capture.alerts_url()));
+    toml.push_str(&format!(
+        "\n[alerts]\nwebhook_url = \"{}\"\nformat = \"slack\"\nwindow = \"15s\"\n",
+        capture.alerts_url()
+    ));
     let config = Config::from_toml_str(&toml)?;
     let (key, _) = MasterKey::generate();
     let admin_key = format!("demo-{}", uuid::Uuid::now_v7().simple());
