@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod metrics;
 pub mod outbox;
 pub mod provider;
 pub mod telemetry;

@@ -1,0 +1,172 @@
+//! Prometheus metrics: every metric name and label key Thermos exports, and
+//! the process-wide recorder that renders them at `GET /metrics`.
+//!
+//! Names follow Prometheus conventions (`thermos_…_total` for counters,
+//! `_seconds` for durations). Labels are bounded: provider names and client
+//! ids come from configuration, outcomes and error classes from fixed sets,
+//! routes are matched route templates (`/v1/connections/{id}`), never raw
+//! paths. No label carries a connection id, an event id or a secret.
+//!
+//! Every histogram has explicit buckets so that it renders as a Prometheus
+//! histogram (`_bucket` lines), not as a summary (see DEPENDENCIES.md).
+//!
+//! [`install`] is idempotent: the recorder is global to the process, so
+//! several apps in one test process share it. Tests compare deltas or use a
+//! provider label of their own.
+//!
+//! `/metrics` is unauthenticated, like `/health`: do not expose it publicly;
+//! scrape it from inside the deployment.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+// ---- refresh engine -------------------------------------------------------
+
+/// Counter `{provider, outcome, error_class}`: refresh attempts.
+pub const REFRESH_ATTEMPTS_TOTAL: &str = "thermos_refresh_attempts_total";
+/// Histogram `{provider}`: duration of one refresh attempt (provider call
+/// included), in seconds.
+pub const REFRESH_DURATION_SECONDS: &str = "thermos_refresh_duration_seconds";
+/// Histogram: actual minus planned start of scheduled refreshes, in seconds.
+pub const REFRESH_LATENESS_SECONDS: &str = "thermos_refresh_lateness_seconds";
+/// Histogram: for tokens refreshed after they had expired, how long after the
+/// expiry the refresh succeeded, in seconds.
+pub const REFRESH_EXPIRED_BEFORE_REFRESH_SECONDS: &str = "thermos_refresh_expired_before_refresh_seconds";
+/// Histogram: time from a connection's first failure to its recovery, in
+/// seconds (approximated by the time of the last recorded error; see
+/// `engine/refresh.rs`).
+pub const RECOVERY_SECONDS: &str = "thermos_recovery_seconds";
+/// Gauge `{provider, status}`: connections by provider and status.
+pub const CONNECTIONS: &str = "thermos_connections";
+/// Counter `{provider}`: access tokens handed out.
+pub const TOKENS_SERVED_TOTAL: &str = "thermos_tokens_served_total";
+/// Counter: expired tokens that `hand_out` refused (must stay 0).
+pub const TOKENS_SERVED_EXPIRED_TOTAL: &str = "thermos_tokens_served_expired_total";
+/// Counter `{provider, outcome}`: 401 reports (`refreshed`, `current_returned`).
+pub const UNAUTHORIZED_REPORTS_TOTAL: &str = "thermos_unauthorized_reports_total";
+/// Counter `{provider}`: connections that entered active recovery.
+pub const RECOVERY_ACTIVATIONS_TOTAL: &str = "thermos_recovery_activations_total";
+/// Gauge `{provider, client}`: 1 while the app's circuit breaker is open.
+pub const CIRCUIT_OPEN: &str = "thermos_circuit_open";
+/// Counter `{provider}`: 429 answers from token endpoints.
+pub const RATE_LIMITED_TOTAL: &str = "thermos_rate_limited_total";
+/// Counter `{provider}`: provider calls whose response was lost.
+pub const LOST_RESPONSES_TOTAL: &str = "thermos_lost_responses_total";
+
+// ---- scheduler ------------------------------------------------------------
+
+/// Gauge: now minus the earliest due time when overdue, else 0, in seconds.
+pub const SCHEDULER_LAG_SECONDS: &str = "thermos_scheduler_lag_seconds";
+
+// ---- outbox ---------------------------------------------------------------
+
+/// Gauge: webhook deliveries waiting to be delivered.
+pub const OUTBOX_PENDING: &str = "thermos_outbox_pending";
+/// Counter `{outcome}`: webhook delivery attempts (`delivered`, `retry`, `failed`).
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "thermos_webhook_deliveries_total";
+
+// ---- HTTP -----------------------------------------------------------------
+
+/// Counter `{route, method, status}`: HTTP requests served.
+pub const HTTP_REQUESTS_TOTAL: &str = "thermos_http_requests_total";
+/// Histogram `{route}`: HTTP request latency, in seconds.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "thermos_http_request_duration_seconds";
+
+// ---- label keys -----------------------------------------------------------
+
+/// Provider name from configuration.
+pub const LABEL_PROVIDER: &str = "provider";
+/// A bounded outcome word (see [`outcome`]).
+pub const LABEL_OUTCOME: &str = "outcome";
+/// The error code of a failed attempt (OAuth / Thermos code), `none` on success.
+pub const LABEL_ERROR_CLASS: &str = "error_class";
+/// Connection status (`active`, `failing`, `needs_reauth`, …).
+pub const LABEL_STATUS: &str = "status";
+/// A provider app's client id (bounded by configuration).
+pub const LABEL_CLIENT: &str = "client";
+/// Matched route template, `unmatched` when no route matched.
+pub const LABEL_ROUTE: &str = "route";
+/// HTTP method.
+pub const LABEL_METHOD: &str = "method";
+
+/// Bounded label values.
+pub mod outcome {
+    /// Refresh attempt: new tokens committed.
+    pub const SUCCESS: &str = "success";
+    /// Refresh attempt: the provider refused or failed.
+    pub const FAILED: &str = "failed";
+    /// Refresh attempt: nothing to do (e.g. not claimable).
+    pub const SKIPPED: &str = "skipped";
+    /// Refresh attempt: another refresh won the race.
+    pub const SUPERSEDED: &str = "superseded";
+    /// Refresh attempt: handed back because the app is paused.
+    pub const DEFERRED: &str = "deferred";
+    /// 401 report: a refresh produced a new token.
+    pub const REFRESHED: &str = "refreshed";
+    /// 401 report: the rejected token was stale; the current one was returned.
+    pub const CURRENT_RETURNED: &str = "current_returned";
+    /// Webhook delivery succeeded.
+    pub const DELIVERED: &str = "delivered";
+    /// Webhook delivery failed and will be retried.
+    pub const RETRY: &str = "retry";
+    /// Webhook delivery failed for good.
+    pub const DELIVERY_FAILED: &str = "failed";
+    /// Error class of an attempt without an error.
+    pub const NO_ERROR: &str = "none";
+    /// Route label of a request that matched no route.
+    pub const UNMATCHED_ROUTE: &str = "unmatched";
+}
+
+/// Buckets of the refresh and HTTP latency histograms (seconds).
+const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Buckets of the lateness / lag-like histograms (seconds).
+const DELAY_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+];
+
+/// Every histogram with its buckets; [`install`] configures each one.
+pub const HISTOGRAMS: &[&str] = &[
+    REFRESH_DURATION_SECONDS,
+    REFRESH_LATENESS_SECONDS,
+    REFRESH_EXPIRED_BEFORE_REFRESH_SECONDS,
+    RECOVERY_SECONDS,
+    HTTP_REQUEST_DURATION_SECONDS,
+];
+
+fn buckets_for(name: &str) -> &'static [f64] {
+    match name {
+        REFRESH_DURATION_SECONDS | HTTP_REQUEST_DURATION_SECONDS => LATENCY_BUCKETS,
+        _ => DELAY_BUCKETS,
+    }
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+///
+/// Idempotent: later calls return the first handle. If another recorder was
+/// installed globally already, the handle still renders (empty) text.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let mut builder = PrometheusBuilder::new();
+            for name in HISTOGRAMS {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full((*name).to_owned()), buckets_for(name))
+                    .expect("buckets are not empty");
+            }
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another global recorder (e.g. in an embedding program) wins;
+            // ours then just renders nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Renders the Prometheus text exposition of every metric.
+pub fn render() -> String {
+    install().render()
+}
