@@ -4,6 +4,7 @@
 
 mod apps;
 mod connections;
+mod doctor;
 mod events;
 mod keys;
 mod webhooks;
@@ -49,6 +50,9 @@ enum Command {
     /// Inspect events and their deliveries; redeliver.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Check the database, master key, providers, scheduler and outbox;
+    /// exits non-zero when a check fails.
+    Doctor(doctor::DoctorArgs),
     /// Run Thermos against a built-in test provider on loopback and report.
     Demo(crate::demo::DemoArgs),
     /// Configuration helpers.
@@ -95,6 +99,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Apps(command) => apps::run(&config, command).await,
         Command::Webhooks(command) => webhooks::run(&config, command).await,
         Command::Events(command) => events::run(&config, command).await,
+        Command::Doctor(args) => doctor::run(&config, args).await,
         Command::Config(ConfigCommand::Check) => {
             println!("{config:#?}");
             Ok(())
