@@ -17,7 +17,9 @@
 //! `/metrics` is unauthenticated, like `/health`: do not expose it publicly;
 //! scrape it from inside the deployment.
 
-use std::sync::OnceLock;
+use std::collections::BTreeSet;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -169,4 +171,34 @@ pub fn install() -> PrometheusHandle {
 /// Renders the Prometheus text exposition of every metric.
 pub fn render() -> String {
     install().render()
+}
+
+/// How often the scheduler loop refreshes [`CONNECTIONS`] (also at scrape).
+pub const CONNECTION_GAUGES_EVERY: Duration = Duration::from_secs(15);
+
+/// (provider, status) pairs set before: a pair that disappeared is set to 0.
+static CONNECTION_KEYS: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+
+/// Sets [`CONNECTIONS`] from `Store::count_by_status`. A store error leaves
+/// the gauges as they were (logged at debug; `/ready` reports the store).
+pub async fn update_connection_gauges(store: &dyn thermos_store::Store) {
+    let counts = match store.count_by_status().await {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::debug!(error.message = %e, "counting connections for metrics failed");
+            return;
+        }
+    };
+    let mut keys = CONNECTION_KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut seen = BTreeSet::new();
+    for c in counts {
+        let key = (c.provider, c.status.as_str().to_owned());
+        metrics::gauge!(CONNECTIONS, LABEL_PROVIDER => key.0.clone(), LABEL_STATUS => key.1.clone())
+            .set(c.count as f64);
+        seen.insert(key);
+    }
+    for (provider, status) in keys.difference(&seen) {
+        metrics::gauge!(CONNECTIONS, LABEL_PROVIDER => provider.clone(), LABEL_STATUS => status.clone()).set(0.0);
+    }
+    keys.extend(seen);
 }

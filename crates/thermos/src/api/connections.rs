@@ -22,6 +22,7 @@ use super::dto::{
 use super::error::{ApiError, ErrorKind};
 use super::extract::{ApiJson, ApiQuery, OptionalJson, PathId};
 use crate::engine::{Engine, FreshToken, Trigger, events, truncate_ms};
+use crate::metrics as m;
 
 /// Default `min_ttl` of `GET …/token`, in seconds.
 pub const DEFAULT_MIN_TTL_SECS: u64 = 60;
@@ -196,10 +197,10 @@ pub async fn token(
     PathId(id): PathId,
     ApiQuery(query): ApiQuery<TokenQuery>,
 ) -> Result<Json<TokenView>, ApiError> {
-    visible(&state, &caller, id).await?;
+    let record = visible(&state, &caller, id).await?;
     let min_ttl = Duration::from_secs(query.min_ttl.unwrap_or(DEFAULT_MIN_TTL_SECS));
     let token = state.engine.fresh_token(id, min_ttl).await?;
-    hand_out(&state.engine, token)
+    hand_out(&state.engine, &record.provider, token)
 }
 
 pub async fn refresh(
@@ -208,13 +209,13 @@ pub async fn refresh(
     PathId(id): PathId,
     OptionalJson(body): OptionalJson<RefreshRequest>,
 ) -> Result<Json<TokenView>, ApiError> {
-    visible(&state, &caller, id).await?;
+    let record = visible(&state, &caller, id).await?;
     let rejected = body.and_then(|b| b.rejected_token);
     let token = state
         .engine
         .replace_rejected(id, rejected.as_ref().map(|t| t.expose_secret()))
         .await?;
-    hand_out(&state.engine, token)
+    hand_out(&state.engine, &record.provider, token)
 }
 
 pub async fn reset(
@@ -264,16 +265,19 @@ async fn visible(state: &AppState, caller: &Caller, id: ConnectionId) -> Result<
 }
 
 /// Builds the token body; refuses (and never sends) an expired token.
-fn hand_out(engine: &Engine, token: FreshToken) -> Result<Json<TokenView>, ApiError> {
+fn hand_out(engine: &Engine, provider: &str, token: FreshToken) -> Result<Json<TokenView>, ApiError> {
     let now = engine.now();
     let expires_in = (token.expires_at - now).whole_seconds();
     if token.expires_at <= now {
+        // Counts the refusals: the alert on this counter means the engine tried to hand one out.
+        metrics::counter!(m::TOKENS_SERVED_EXPIRED_TOTAL).increment(1);
         tracing::error!("refusing to hand out an expired token");
         return Err(ApiError::new(
             ErrorKind::Unavailable,
             "the token expired and could not be refreshed yet",
         ));
     }
+    metrics::counter!(m::TOKENS_SERVED_TOTAL, m::LABEL_PROVIDER => provider.to_owned()).increment(1);
     Ok(Json(TokenView {
         access_token: token.access_token.expose_secret().to_owned(),
         token_type: token.token_type,

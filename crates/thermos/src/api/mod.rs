@@ -53,8 +53,13 @@ pub struct AppState {
     pub allow_private_targets: bool,
 }
 
-/// The full router: `/v1/…`, `/health`, `/ready`.
+/// The full router: `/v1/…`, `/health`, `/ready`, `/metrics`.
+///
+/// `/metrics` is unauthenticated, like `/health`: it carries no ids or
+/// secrets, but do not expose it publicly; let Prometheus scrape it from
+/// inside the deployment.
 pub fn router(state: AppState) -> Router {
+    crate::metrics::install();
     let v1 = Router::new()
         .route("/connections", post(connections::create).get(connections::list))
         .route("/connections/{id}", get(connections::show).delete(connections::delete))
@@ -75,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -101,13 +107,14 @@ async fn request_context(request: Request, next: Next) -> Response {
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .unwrap_or_else(|| crate::metrics::outcome::UNMATCHED_ROUTE.to_owned());
     let span = tracing::info_span!("request", request_id = %request_id);
     let started = Instant::now();
     let response = REQUEST_ID
         .scope(request_id.clone(), next.run(request).instrument(span.clone()))
         .await;
     let status = response.status().as_u16();
+    record_request(&route, &method, status, started.elapsed());
     span.in_scope(|| {
         tracing::info!(
             http.method = %method,
@@ -118,6 +125,33 @@ async fn request_context(request: Request, next: Next) -> Response {
         )
     });
     response
+}
+
+/// HTTP metrics: the route label is the matched template, never the raw path.
+fn record_request(route: &str, method: &axum::http::Method, status: u16, elapsed: std::time::Duration) {
+    use crate::metrics as m;
+    metrics::counter!(
+        m::HTTP_REQUESTS_TOTAL,
+        m::LABEL_ROUTE => route.to_owned(),
+        m::LABEL_METHOD => method.as_str().to_owned(),
+        m::LABEL_STATUS => status.to_string(),
+    )
+    .increment(1);
+    metrics::histogram!(m::HTTP_REQUEST_DURATION_SECONDS, m::LABEL_ROUTE => route.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Prometheus text exposition; connection gauges are refreshed first.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    crate::metrics::update_connection_gauges(state.engine.store().as_ref()).await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use super::gate::Priority;
 use super::guard::{Admit, AppGuard, PauseReason, TransitionKind};
 use super::{Inner, Trigger};
+use crate::metrics as m;
 use crate::provider::ProviderApp;
 
 /// What came of asking to call the provider.
@@ -67,6 +68,7 @@ pub(super) async fn call(
         };
     }
     inner.stats.lost_response();
+    metrics::counter!(m::LOST_RESPONSES_TOTAL, m::LABEL_PROVIDER => record.provider.clone()).increment(1);
     let lost = super::refresh::attempt_record(
         trigger,
         inner.clock.now(),
@@ -113,7 +115,13 @@ async fn attempt(
     }
     let outcome = inner.client.refresh(app, refresh_token, inner.clock.as_ref()).await;
     let recorded = guard.record(inner.clock.now(), &outcome, probe);
+    if matches!(outcome, RefreshOutcome::RateLimited { .. }) {
+        metrics::counter!(m::RATE_LIMITED_TOTAL, m::LABEL_PROVIDER => app.slug.clone()).increment(1);
+    }
     if let Some(transition) = recorded.transition {
+        let open = matches!(transition, TransitionKind::Opened(_));
+        metrics::gauge!(m::CIRCUIT_OPEN, m::LABEL_PROVIDER => app.slug.clone(), m::LABEL_CLIENT => app.client_id.clone())
+            .set(if open { 1.0 } else { 0.0 });
         report_transition(inner, app, transition, &outcome).await;
     }
     Ok(outcome)

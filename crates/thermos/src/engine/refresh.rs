@@ -29,6 +29,7 @@ use super::flight::{Flight, FlightResult, RefreshFailure};
 use super::guard::{AppGuard, PauseReason};
 use super::token::FreshToken;
 use super::{Engine, Inner, Trigger};
+use crate::metrics as m;
 
 /// Claims `id`'s lease (waiting for a global permit first), then refreshes.
 pub(super) async fn claim_and_refresh(
@@ -51,6 +52,7 @@ pub(super) async fn claim_and_refresh(
         Claim::NotFound => Err(RefreshFailure::NotFound),
         Claim::Busy { lease_until } => Ok(Flight::Busy { lease_until }),
         Claim::Claimed(record) if !record.status.is_scheduled() => {
+            observe(&record, m::outcome::SKIPPED, record.status.as_str(), None);
             release(inner, &record, record.next_refresh_at.unwrap_or(now)).await;
             Err(not_refreshable(&record))
         }
@@ -99,12 +101,16 @@ pub(super) async fn refresh_claimed(
             probe,
             after_lost,
         } => (outcome, probe, after_lost),
-        Called::Paused { until, reason } => return defer(inner, &record, &guard, until, reason).await,
+        Called::Paused { until, reason } => {
+            observe(&record, m::outcome::DEFERRED, reason.as_str(), None);
+            return defer(inner, &record, &guard, until, reason).await;
+        }
     };
     match outcome {
         RefreshOutcome::Refreshed(grant) => commit(inner, &record, trigger, started_at, started, grant).await,
         RefreshOutcome::InvalidGrant(_) if lost_race(inner, &record).await => {
             inner.stats.superseded();
+            observe(&record, m::outcome::SUPERSEDED, "invalid_grant", Some(started));
             let attempt = attempt_record(
                 trigger,
                 started_at,
@@ -202,6 +208,12 @@ async fn not_counted(
         store_failure("record attempt", &e);
     }
     inner.stats.failed();
+    observe(
+        record,
+        m::outcome::FAILED,
+        outcome.error_code().unwrap_or("unknown"),
+        Some(started),
+    );
     let now = inner.clock.now();
     let (until, reason) = guard
         .paused(now)
@@ -255,6 +267,7 @@ async fn commit(
     {
         Ok(FinishOutcome::Committed(saved)) => {
             inner.stats.refreshed();
+            observe_success(record, issued_at, started);
             if record.consecutive_failures > 0 {
                 inner.outbox_wake.notify_one();
             }
@@ -277,6 +290,7 @@ async fn commit(
         }
         Ok(FinishOutcome::VersionChanged) => {
             inner.stats.superseded();
+            observe(record, m::outcome::SUPERSEDED, "version_changed", Some(started));
             info!(connection_id = %record.id, "tokens changed during the refresh (reconnect?); keeping the newer ones");
             Ok(Flight::Superseded)
         }
@@ -404,6 +418,10 @@ async fn fail(
     if failure.permanent {
         inner.stats.needs_reauth();
     }
+    observe(record, m::outcome::FAILED, &failure.code, Some(started));
+    if entered_recovery {
+        metrics::counter!(m::RECOVERY_ACTIVATIONS_TOTAL, m::LABEL_PROVIDER => record.provider.clone()).increment(1);
+    }
     warn!(
         connection_id = %record.id,
         provider = %record.provider,
@@ -439,6 +457,40 @@ async fn fail(
             retry_after: failure.retry_after,
         }
     })
+}
+
+/// Counts one attempt by provider, outcome and error class (an error code
+/// from a fixed set, or a status / pause reason) and records its duration.
+fn observe(record: &ConnectionRecord, outcome: &'static str, error_class: &str, started: Option<Instant>) {
+    metrics::counter!(
+        m::REFRESH_ATTEMPTS_TOTAL,
+        m::LABEL_PROVIDER => record.provider.clone(),
+        m::LABEL_OUTCOME => outcome,
+        m::LABEL_ERROR_CLASS => error_class.to_owned(),
+    )
+    .increment(1);
+    if let Some(started) = started {
+        metrics::histogram!(m::REFRESH_DURATION_SECONDS, m::LABEL_PROVIDER => record.provider.clone())
+            .record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// A committed refresh: the attempt, how long after expiry it came (if the
+/// token had expired), and the recovery time of a connection that had
+/// failed. The store keeps only the last error, so recovery time is
+/// measured from `last_error.at` (the most recent failure): an
+/// underestimate of "first failure → recovery" when there were several.
+fn observe_success(record: &ConnectionRecord, issued_at: OffsetDateTime, started: Instant) {
+    observe(record, m::outcome::SUCCESS, m::outcome::NO_ERROR, Some(started));
+    if record.expires_at < issued_at {
+        metrics::histogram!(m::REFRESH_EXPIRED_BEFORE_REFRESH_SECONDS)
+            .record((issued_at - record.expires_at).as_seconds_f64());
+    }
+    if record.consecutive_failures > 0
+        && let Some(error) = &record.last_error
+    {
+        metrics::histogram!(m::RECOVERY_SECONDS).record((issued_at - error.at).as_seconds_f64().max(0.0));
+    }
 }
 
 async fn release(inner: &Arc<Inner>, record: &ConnectionRecord, next_refresh_at: OffsetDateTime) {

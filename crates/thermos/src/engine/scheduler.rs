@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use super::{CLAIM_BATCH, Engine, MAX_IDLE, Trigger, flight};
+use crate::metrics as m;
 
 /// When the scheduler should look again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +46,19 @@ impl Engine {
             .claim_due(&inner.settings.owner, now, lease_until, limit)
             .await?;
         let batch_full = claimed.len() as u32 == limit;
+        // Scheduler lag: how overdue the earliest due connection was when picked up.
+        let mut lag = claimed
+            .first()
+            .and_then(|r| r.next_refresh_at)
+            .map_or(Duration::ZERO, |at| Duration::try_from(now - at).unwrap_or_default());
         for record in claimed {
             let planned = record.next_refresh_at.unwrap_or(now);
-            let lateness_ms = Duration::try_from(now - planned).unwrap_or_default().as_millis() as u64;
+            let lateness = Duration::try_from(now - planned).unwrap_or_default();
+            let lateness_ms = lateness.as_millis() as u64;
             match Arc::clone(&inner.permits).try_acquire_owned() {
                 Ok(permit) => {
                     inner.stats.scheduled_start(lateness_ms);
+                    metrics::histogram!(m::REFRESH_LATENESS_SECONDS).record(lateness.as_secs_f64());
                     flight::start_claimed(inner, record, permit, Trigger::Scheduled);
                 }
                 Err(_) => {
@@ -66,9 +74,15 @@ impl Engine {
             }
         }
         if batch_full {
+            metrics::gauge!(m::SCHEDULER_LAG_SECONDS).set(lag.as_secs_f64());
             return Ok(NextWake::Now);
         }
-        Ok(match inner.store.next_due_at().await? {
+        let next_due = inner.store.next_due_at().await?;
+        if let Some(at) = next_due.filter(|at| *at <= now) {
+            lag = lag.max(Duration::try_from(now - at).unwrap_or_default());
+        }
+        metrics::gauge!(m::SCHEDULER_LAG_SECONDS).set(lag.as_secs_f64());
+        Ok(match next_due {
             Some(at) if at <= now => NextWake::Now,
             Some(at) => NextWake::At(at),
             None => NextWake::Idle,
@@ -78,7 +92,12 @@ impl Engine {
     /// Runs the scheduler until `cancel` fires.
     pub async fn drive(&self, cancel: CancellationToken) {
         let mut store_errors = 0u32;
+        let mut gauges_updated: Option<std::time::Instant> = None;
         loop {
+            if gauges_updated.is_none_or(|at| at.elapsed() >= m::CONNECTION_GAUGES_EVERY) {
+                m::update_connection_gauges(self.inner.store.as_ref()).await;
+                gauges_updated = Some(std::time::Instant::now());
+            }
             let wake = match self.tick(self.now()).await {
                 Ok(wake) => {
                     store_errors = 0;

@@ -16,6 +16,8 @@ use time::OffsetDateTime;
 use super::flight::{Flight, RefreshFailure, refresh_shared};
 use super::refresh::open_access;
 use super::{Engine, Trigger};
+use crate::metrics as m;
+use crate::metrics::outcome::{CURRENT_RETURNED, REFRESHED};
 
 /// How often a caller re-reads a connection while another worker holds its lease.
 const BUSY_POLL: Duration = Duration::from_millis(25);
@@ -102,6 +104,13 @@ impl Engine {
                 Need::ReplaceRejected(None) => false,
             };
             if current_is_enough && record.expires_at > now {
+                // After a superseded refresh of ours, the newer token is a refreshed one.
+                let outcome = if refreshed_version.is_some() {
+                    REFRESHED
+                } else {
+                    CURRENT_RETURNED
+                };
+                count_report(need, &record, outcome);
                 return self.current(&record);
             }
             if record.refresh_token.is_none() {
@@ -115,7 +124,10 @@ impl Engine {
                 self.check_forced(id)?;
             }
             match refresh_shared(&self.inner, id, trigger).await {
-                Ok(Flight::Refreshed(token)) => return Ok(token),
+                Ok(Flight::Refreshed(token)) => {
+                    count_report(need, &record, REFRESHED);
+                    return Ok(token);
+                }
                 Ok(Flight::Superseded) => continue,
                 Ok(Flight::Busy { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(BUSY_POLL).await;
@@ -198,6 +210,20 @@ impl Engine {
         } else {
             Err(error())
         }
+    }
+}
+
+/// Counts a 401 report (`replace_rejected`) answered with a token: a new
+/// one (`refreshed`) or the current one because the rejected token was
+/// already stale (`current_returned`). Other needs are not reports.
+fn count_report(need: Need<'_>, record: &ConnectionRecord, outcome: &'static str) {
+    if let Need::ReplaceRejected(_) = need {
+        metrics::counter!(
+            m::UNAUTHORIZED_REPORTS_TOTAL,
+            m::LABEL_PROVIDER => record.provider.clone(),
+            m::LABEL_OUTCOME => outcome,
+        )
+        .increment(1);
     }
 }
 

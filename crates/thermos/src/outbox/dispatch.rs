@@ -43,6 +43,7 @@ use super::sign;
 use super::target::validate_target;
 use crate::config::{AlertFormat, AlertsConfig};
 use crate::engine::NextWake;
+use crate::metrics as m;
 
 /// Default timeout of one delivery request.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -265,6 +266,9 @@ impl Dispatcher {
         if let Some(error) = results.into_iter().find_map(Result::err) {
             return Err(error);
         }
+        if let Ok(pending) = inner.store.count_pending_deliveries().await {
+            metrics::gauge!(m::OUTBOX_PENDING).set(pending as f64);
+        }
         if batch_full {
             return Ok(NextWake::Now);
         }
@@ -359,6 +363,12 @@ impl Dispatcher {
         if let Some(error) = &error {
             log_failure(&delivery, http_status, error, next);
         }
+        let outcome = match next {
+            DeliveryNext::Delivered => m::outcome::DELIVERED,
+            DeliveryNext::Retry { .. } => m::outcome::RETRY,
+            DeliveryNext::Failed => m::outcome::DELIVERY_FAILED,
+        };
+        metrics::counter!(m::WEBHOOK_DELIVERIES_TOTAL, m::LABEL_OUTCOME => outcome).increment(1);
         let attempt = DeliveryAttempt {
             at,
             http_status,
