@@ -216,3 +216,25 @@ async fn json_output_parses_and_carries_every_check() {
     assert_eq!(database["status"], "ok");
     assert!(database["action"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_key_that_does_not_open_the_stored_tokens_fails() {
+    use secrecy::ExposeSecret as _;
+    let provider = TestProvider::start(ProviderOptions::default()).await;
+    let setup = Setup::new(&provider.token_url()).await;
+    let now = OffsetDateTime::now_utc();
+    setup
+        .connection("sealed", now + Duration::hours(1), now + Duration::minutes(50))
+        .await;
+    let (_, other) = MasterKey::generate();
+    std::fs::write(setup.dir.path().join("thermos.key"), other.expose_secret()).unwrap();
+
+    let (code, report) = setup.doctor(false);
+
+    assert_ne!(code, 0, "{report}");
+    let key = line(&report, "master key");
+    assert!(
+        key.starts_with("fail") && key.contains("cannot open 1 of 1"),
+        "{report}"
+    );
+}
