@@ -163,6 +163,8 @@ pub fn install() -> PrometheusHandle {
             // Another global recorder (e.g. in an embedding program) wins;
             // ours then just renders nothing.
             let _ = metrics::set_global_recorder(recorder);
+            // Rendered from the start: this one must be seen to stay 0.
+            metrics::counter!(TOKENS_SERVED_EXPIRED_TOTAL).increment(0);
             handle
         })
         .clone()
