@@ -4,7 +4,7 @@
 
 mod apps;
 mod connections;
-mod doctor;
+pub(crate) mod doctor;
 mod events;
 mod keys;
 mod webhooks;

@@ -15,7 +15,6 @@ use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use rand::Rng as _;
 use serde_json::{Value, json};
-use thermos_core::seal::MasterKey;
 use thermos_core::status::ConnectionStatus;
 use thermos_testprovider::{Fault, GrantId, ProviderOptions, TestProvider};
 use tokio::sync::Mutex;
@@ -92,7 +91,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         capture.alerts_url()
     ));
     let config = Config::from_toml_str(&toml)?;
-    let (key, _) = MasterKey::generate();
+    // A key file in the temporary directory, so `thermos doctor` finds it too.
+    let (key, _) = config.load_or_create_master_key()?;
     let admin_key = format!("demo-{}", uuid::Uuid::now_v7().simple());
     let application = Application::build(&config, key, Some(admin_key.clone().into()), app::system_clock()).await?;
     let base = format!("http://{}", application.local_addr());
@@ -188,6 +188,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut final_check = check_all(&http, &base, &admin_key, &ids, &provider).await;
     final_check.revoked = grants.iter().filter(|g| provider.is_revoked(g)).count();
     let counts = engine.store().count_by_status().await?;
+    let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    println!("\n--- /metrics excerpt ---");
+    for line in metrics.lines().filter(|l| is_headline_metric(l)) {
+        println!("{line}");
+    }
+    println!("\n--- thermos doctor ---");
+    if let Err(e) = crate::cli::doctor::run(&config, crate::cli::doctor::DoctorArgs::default()).await {
+        println!("(doctor: {e:#})");
+    }
     let _ = stop_tx.send(());
     let _ = server.await;
 
@@ -423,4 +432,19 @@ fn report_outbox(capture: &Capture) {
         println!("\n--- the first alert as received (Slack format) ---");
         println!("{}", serde_json::to_string_pretty(&first.body).unwrap_or_default());
     }
+}
+
+/// The `/metrics` lines worth showing at the end of the demo.
+fn is_headline_metric(line: &str) -> bool {
+    const SHOWN: [&str; 8] = [
+        "thermos_refresh_attempts_total",
+        "thermos_connections{",
+        "thermos_tokens_served_total",
+        "thermos_tokens_served_expired_total",
+        "thermos_refresh_lateness_seconds_count",
+        "thermos_refresh_lateness_seconds_sum",
+        "thermos_webhook_deliveries_total",
+        "thermos_circuit_open",
+    ];
+    !line.starts_with('#') && SHOWN.iter().any(|name| line.starts_with(name))
 }

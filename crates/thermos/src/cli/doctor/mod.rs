@@ -22,11 +22,11 @@ use serde_json::json;
 use crate::app;
 use crate::config::Config;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct DoctorArgs {
     /// Print the report as JSON: `{"checks": [{"name", "status", "detail", "action"}], "status"}`.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// How a check came out, from best to worst.
