@@ -10,6 +10,7 @@
 //! (the contract every backend passes).
 
 pub mod outbox;
+pub mod run;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -520,4 +521,47 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// How many deliveries are `pending` (the outbox backlog).
     async fn count_pending_deliveries(&self) -> StoreResult<u64>;
+    // --- Runs (see [`run`]) ------------------------------------------------
+
+    /// Inserts a `running` run with zero counts, heartbeat at `started_at`.
+    /// [`StoreError::Conflict`] if the id exists.
+    async fn insert_run(&self, new: run::NewRun) -> StoreResult<run::RunRecord>;
+
+    /// Records a running run's progress and heartbeat; `None` if the run is
+    /// unknown or no longer `running` (then nothing is written).
+    async fn update_run_progress(
+        &self,
+        id: &str,
+        counts: run::RunCounts,
+        failures_by_code: run::FailuresByCode,
+        heartbeat_at: OffsetDateTime,
+    ) -> StoreResult<Option<run::RunRecord>>;
+
+    /// Ends a running run with `status` and its final counts, and writes
+    /// `events` (`run.succeeded`, `run.failed`, …) in the same transaction.
+    /// `None` (and no event) if the run is unknown or no longer `running`.
+    async fn finish_run(
+        &self,
+        id: &str,
+        status: run::RunStatus,
+        counts: run::RunCounts,
+        failures_by_code: run::FailuresByCode,
+        finished_at: OffsetDateTime,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<Option<run::RunRecord>>;
+
+    /// One run.
+    async fn get_run(&self, id: &str) -> StoreResult<Option<run::RunRecord>>;
+
+    /// The most recent runs (by start), newest first, at most `limit`.
+    async fn list_runs(&self, limit: u32) -> StoreResult<Vec<run::RunRecord>>;
+
+    /// Marks every `running` run whose heartbeat is older than
+    /// `heartbeat_before` as `failed` and stale, finished at `now` (their
+    /// process died). Returns how many.
+    async fn mark_stale_runs(&self, heartbeat_before: OffsetDateTime, now: OffsetDateTime) -> StoreResult<u64>;
+
+    /// Asks a running run to stop (its owner stops between batches and
+    /// finishes it `cancelled`); false if it is unknown or not running.
+    async fn cancel_run(&self, id: &str) -> StoreResult<bool>;
 }

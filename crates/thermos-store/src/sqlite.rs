@@ -28,6 +28,7 @@ mod delivery;
 mod outbox;
 mod refresh;
 mod row;
+mod run;
 mod schedule;
 mod webhook;
 
@@ -465,6 +466,48 @@ impl Store for SqliteStore {
 
     async fn count_pending_deliveries(&self) -> StoreResult<u64> {
         delivery::count_pending(self).await
+    }
+
+    async fn insert_run(&self, new: crate::run::NewRun) -> StoreResult<crate::run::RunRecord> {
+        run::insert(self, new).await
+    }
+
+    async fn update_run_progress(
+        &self,
+        id: &str,
+        counts: crate::run::RunCounts,
+        failures_by_code: crate::run::FailuresByCode,
+        heartbeat_at: OffsetDateTime,
+    ) -> StoreResult<Option<crate::run::RunRecord>> {
+        run::update_progress(self, id, counts, &failures_by_code, heartbeat_at).await
+    }
+
+    async fn finish_run(
+        &self,
+        id: &str,
+        status: crate::run::RunStatus,
+        counts: crate::run::RunCounts,
+        failures_by_code: crate::run::FailuresByCode,
+        finished_at: OffsetDateTime,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<Option<crate::run::RunRecord>> {
+        run::finish(self, id, status, counts, &failures_by_code, finished_at, events).await
+    }
+
+    async fn get_run(&self, id: &str) -> StoreResult<Option<crate::run::RunRecord>> {
+        run::get(self, id).await
+    }
+
+    async fn list_runs(&self, limit: u32) -> StoreResult<Vec<crate::run::RunRecord>> {
+        run::list(self, limit).await
+    }
+
+    async fn mark_stale_runs(&self, heartbeat_before: OffsetDateTime, now: OffsetDateTime) -> StoreResult<u64> {
+        run::mark_stale(self, heartbeat_before, now).await
+    }
+
+    async fn cancel_run(&self, id: &str) -> StoreResult<bool> {
+        run::cancel(self, id).await
     }
 }
 

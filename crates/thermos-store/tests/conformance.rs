@@ -12,6 +12,8 @@ mod support;
 
 #[path = "conformance/outbox.rs"]
 mod outbox;
+#[path = "conformance/run.rs"]
+mod run;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use thermos_store::{
 use time::macros::datetime;
 
 use outbox::*;
+use run::*;
 use support::{T0, at, attempt, connection, due_connection, failed_attempt, failure, sealed, tokens};
 
 macro_rules! conformance {
@@ -112,6 +115,11 @@ conformance!(
     prune_outbox_deletes_finished_deliveries_and_old_events_but_keeps_pending_ones,
     deleting_a_connection_keeps_its_events,
     concurrent_delivery_claimers_never_claim_a_delivery_twice,
+    a_new_run_is_running_with_zero_counts_and_reads_back_as_inserted,
+    run_progress_and_finish_record_counts_failures_and_the_event,
+    runs_are_listed_newest_first_up_to_the_limit,
+    only_running_runs_with_an_old_heartbeat_are_marked_stale,
+    cancelling_asks_only_a_running_run_to_stop,
 );
 
 /// Inserts `new` at `T0`.
