@@ -15,6 +15,7 @@ pub mod dto;
 pub mod error;
 pub mod events;
 mod extract;
+pub mod openapi;
 mod providers;
 pub mod webhooks;
 
@@ -81,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

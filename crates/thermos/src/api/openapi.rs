@@ -1,0 +1,601 @@
+//! The OpenAPI 3.1 document of the API, served unauthenticated at
+//! `GET /openapi.json`.
+//!
+//! The document is written by hand as one `serde_json` value rather than
+//! generated from handler annotations: the handlers stay free of large macro
+//! attributes, and the schemas below mirror the DTOs of `dto.rs`, `apps.rs`,
+//! `webhooks.rs`, `events.rs` and `providers.rs` field by field.
+//!
+//! How it stays in step with the router (both directions are tested):
+//! - every documented (method, path) is served: `tests/openapi.rs` sends a
+//!   request to each one (dummy ids) and fails on the router's fallback
+//!   answers ("route not found", "method not allowed on this route");
+//! - every served route is documented: the unit test below reads the
+//!   router's source (`api/mod.rs`), collects each `.route(path, methods)`
+//!   (routes before `.nest("/v1", v1)` get the `/v1` prefix) and fails on any
+//!   (method, path) missing from the document. A route added to the router
+//!   without documentation therefore fails `cargo test`.
+
+use axum::Json;
+use serde_json::{Map, Value, json};
+
+/// `GET /openapi.json`.
+pub async fn serve() -> Json<Value> {
+    Json(document())
+}
+
+/// Every (method, path template) the document describes, sorted.
+pub fn documented_routes() -> Vec<(String, String)> {
+    let doc = document();
+    let mut routes = Vec::new();
+    if let Some(paths) = doc["paths"].as_object() {
+        for (path, item) in paths {
+            for method in item.as_object().into_iter().flat_map(|o| o.keys()) {
+                if METHODS.contains(&method.as_str()) {
+                    routes.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+    }
+    routes.sort();
+    routes
+}
+
+const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+
+const ERROR_DESCRIPTION: &str = "Every error is `{\"error\": {code, type, message, request_id}}`.\n\n\
+| code | type | HTTP |\n|---|---|---|\n\
+| 1600 | bad_request | 400 |\n| 1601 | internal | 500 |\n\
+| 1602 | unavailable | 503 (with `Retry-After`) |\n| 1603 | not_found | 404 |\n\
+| 1604 | conflict | 409 |\n| 1605 | unauthorized | 401 |\n| 1606 | forbidden | 403 |\n\
+| 1607 | rate_limited | 429 (with `Retry-After`) |\n| 1610 | needs_reauth | 409 |\n\
+| 1611 | provider_error | 502 |\n";
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn json_body(schema: Value) -> Value {
+    json!({"application/json": {"schema": schema}})
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": json_body(schema)})
+}
+
+/// The usual error answers of an authenticated operation, plus `extra`.
+fn responses(success: (&str, Value), extra: &[&str]) -> Value {
+    let mut map = Map::new();
+    map.insert(success.0.to_owned(), success.1);
+    for code in ["400", "401", "403"].iter().chain(extra) {
+        map.insert(
+            (*code).to_owned(),
+            json!({"$ref": format!("#/components/responses/E{code}")}),
+        );
+    }
+    map.insert("500".into(), json!({"$ref": "#/components/responses/E500"}));
+    Value::Object(map)
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
+}
+
+fn query(name: &str, schema: Value, description: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
+}
+
+fn op(
+    id: &str,
+    tag: &str,
+    summary: &str,
+    parameters: Vec<Value>,
+    body: Option<(Value, bool)>,
+    responses: Value,
+) -> Value {
+    let mut o = json!({
+        "operationId": id,
+        "tags": [tag],
+        "summary": summary,
+        "responses": responses,
+    });
+    if !parameters.is_empty() {
+        o["parameters"] = Value::Array(parameters);
+    }
+    if let Some((schema, required)) = body {
+        o["requestBody"] = json!({"required": required, "content": json_body(schema)});
+    }
+    o
+}
+
+fn public(o: Value) -> Value {
+    let mut o = o;
+    o["security"] = json!([]);
+    o
+}
+
+fn nullable(ty: &str) -> Value {
+    json!({"type": [ty, "null"]})
+}
+
+fn date_time() -> Value {
+    json!({"type": "string", "format": "date-time"})
+}
+
+fn nullable_date_time() -> Value {
+    json!({"type": ["string", "null"], "format": "date-time"})
+}
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({"type": "object", "required": required, "properties": properties})
+}
+
+fn list_of(name: &str) -> Value {
+    object(&["data"], json!({"data": {"type": "array", "items": schema_ref(name)}}))
+}
+
+fn page_of(name: &str) -> Value {
+    object(
+        &["data", "next_cursor"],
+        json!({
+            "data": {"type": "array", "items": schema_ref(name)},
+            "next_cursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next page; null on the last"},
+        }),
+    )
+}
+
+fn provider_schema() -> Value {
+    let counters = [
+        "window_seconds",
+        "window_attempts",
+        "window_failures",
+        "total_attempts",
+        "total_failures",
+        "rate_limited",
+        "lost_responses",
+        "deferred",
+        "in_flight",
+        "waiting_on_demand",
+        "waiting_scheduled",
+    ];
+    let mut schema = object(
+        &[
+            "provider",
+            "client_id",
+            "token_url",
+            "state",
+            "breaker",
+            "paused",
+            "max_concurrency",
+            "rate_limit_per_second",
+        ],
+        json!({
+            "provider": {"type": "string"},
+            "client_id": {"type": "string"},
+            "token_url": {"type": "string"},
+            "state": {"type": "string", "enum": ["healthy", "paused"]},
+            "breaker": {"type": "string", "enum": ["closed", "open"]},
+            "paused": {"oneOf": [schema_ref("Paused"), {"type": "null"}]},
+            "max_concurrency": nullable("integer"),
+            "rate_limit_per_second": nullable("integer"),
+        }),
+    );
+    for name in counters {
+        schema["properties"][name] = json!({"type": "integer"});
+        if let Some(required) = schema["required"].as_array_mut() {
+            required.push(json!(name));
+        }
+    }
+    schema
+}
+
+fn schemas() -> Value {
+    let token_fields = json!({
+        "access_token": {"type": "string", "writeOnly": true},
+        "refresh_token": {"type": ["string", "null"], "writeOnly": true},
+        "expires_in": {"type": ["integer", "null"], "format": "int64", "description": "seconds from now; or give expires_at"},
+        "expires_at": nullable_date_time(),
+        "scope": nullable("string"),
+        "token_type": nullable("string"),
+    });
+    let mut create = token_fields.clone();
+    for (k, v) in [
+        (
+            "project",
+            json!({"type": ["string", "null"], "description": "defaults to the caller's project"}),
+        ),
+        ("provider", json!({"type": "string"})),
+        ("external_id", json!({"type": "string"})),
+        ("metadata", json!({"description": "any JSON value"})),
+    ] {
+        create[k] = v;
+    }
+    json!({
+        "Error": object(&["error"], json!({"error": object(&["code", "type", "message", "request_id"], json!({
+            "code": {"type": "integer", "enum": [1600, 1601, 1602, 1603, 1604, 1605, 1606, 1607, 1610, 1611]},
+            "type": {"type": "string", "enum": ["bad_request", "internal", "unavailable", "not_found", "conflict", "unauthorized", "forbidden", "rate_limited", "needs_reauth", "provider_error"]},
+            "message": {"type": "string"},
+            "request_id": {"type": "string"},
+        }))})),
+        "CreateConnection": {
+            "type": "object", "additionalProperties": false,
+            "required": ["provider", "external_id", "access_token"],
+            "properties": create,
+        },
+        "ReplaceTokens": {
+            "type": "object", "additionalProperties": false,
+            "required": ["access_token"],
+            "properties": token_fields,
+        },
+        "RefreshRequest": {
+            "type": "object", "additionalProperties": false,
+            "properties": {"rejected_token": {"type": ["string", "null"], "writeOnly": true,
+                "description": "the token a provider just rejected; refreshes only if it is still the current one"}},
+        },
+        "LastError": object(&["code", "message", "http_status", "at"], json!({
+            "code": {"type": "string"},
+            "message": {"type": "string"},
+            "http_status": nullable("integer"),
+            "at": date_time(),
+        })),
+        "Connection": object(
+            &["id", "project", "provider", "external_id", "status", "scope", "expires_at", "next_refresh_at",
+              "last_refreshed_at", "refresh_count", "consecutive_failures", "last_error", "metadata", "created_at", "updated_at"],
+            json!({
+                "id": {"type": "string"},
+                "project": {"type": "string"},
+                "provider": {"type": "string"},
+                "external_id": {"type": "string"},
+                "status": {"type": "string", "description": "`active`, `failing`, `needs_reauth`, …"},
+                "scope": nullable("string"),
+                "expires_at": date_time(),
+                "next_refresh_at": nullable_date_time(),
+                "last_refreshed_at": nullable_date_time(),
+                "refresh_count": {"type": "integer", "format": "int64"},
+                "consecutive_failures": {"type": "integer"},
+                "last_error": {"oneOf": [schema_ref("LastError"), {"type": "null"}]},
+                "metadata": {"description": "any JSON value"},
+                "created_at": date_time(),
+                "updated_at": date_time(),
+            }),
+        ),
+        "ConnectionPage": page_of("Connection"),
+        "Token": object(&["access_token", "token_type", "expires_at", "expires_in", "scope"], json!({
+            "access_token": {"type": "string"},
+            "token_type": {"type": "string"},
+            "expires_at": date_time(),
+            "expires_in": {"type": "integer", "format": "int64", "description": "seconds left"},
+            "scope": nullable("string"),
+        })),
+        "Attempt": object(&["id", "at", "trigger", "outcome", "error_code", "http_status", "duration_ms"], json!({
+            "id": {"type": "integer", "format": "int64"},
+            "at": date_time(),
+            "trigger": {"type": "string"},
+            "outcome": {"type": "string"},
+            "error_code": nullable("string"),
+            "http_status": nullable("integer"),
+            "duration_ms": {"type": "integer"},
+        })),
+        "AttemptList": list_of("Attempt"),
+        "RegisterApp": {
+            "type": "object", "additionalProperties": false,
+            "required": ["provider", "client_id"],
+            "properties": {
+                "project": nullable("string"),
+                "provider": {"type": "string", "description": "a configured provider slug"},
+                "client_id": {"type": "string"},
+                "client_secret": {"type": ["string", "null"], "writeOnly": true},
+                "auth_method": {"type": ["string", "null"], "enum": ["client_secret_basic", "client_secret_post", "none", null]},
+            },
+        },
+        "App": object(&["project", "provider", "client_id", "auth_method", "created_at", "updated_at"], json!({
+            "project": {"type": "string"},
+            "provider": {"type": "string"},
+            "client_id": {"type": "string"},
+            "auth_method": {"type": "string"},
+            "created_at": date_time(),
+            "updated_at": date_time(),
+        })),
+        "AppList": list_of("App"),
+        "RegisterWebhook": {
+            "type": "object", "additionalProperties": false,
+            "required": ["url"],
+            "properties": {
+                "project": nullable("string"),
+                "url": {"type": "string", "format": "uri"},
+                "events": {"type": ["array", "null"], "items": {"type": "string"}, "description": "event types wanted; every type when absent"},
+            },
+        },
+        "Webhook": object(&["id", "project", "url", "events", "created_at"], json!({
+            "id": {"type": "string"},
+            "project": {"type": "string"},
+            "url": {"type": "string"},
+            "events": {"type": ["array", "null"], "items": {"type": "string"}},
+            "created_at": date_time(),
+        })),
+        "CreatedWebhook": {"allOf": [schema_ref("Webhook"), object(&["secret"], json!({
+            "secret": {"type": "string", "description": "the signing secret, shown only once"},
+        }))]},
+        "WebhookList": list_of("Webhook"),
+        "DeliveryAttempt": object(&["at", "http_status", "latency_ms", "error"], json!({
+            "at": date_time(),
+            "http_status": nullable("integer"),
+            "latency_ms": {"type": "integer"},
+            "error": nullable("string"),
+        })),
+        "Delivery": object(&["id", "webhook_id", "status", "attempts", "last_http_status", "last_error", "next_attempt_at", "delivered_at"], json!({
+            "id": {"type": "integer", "format": "int64"},
+            "webhook_id": {"type": ["string", "null"], "description": "null for the operators' alert channel"},
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+            "attempts": {"type": "integer"},
+            "last_http_status": nullable("integer"),
+            "last_error": nullable("string"),
+            "next_attempt_at": date_time(),
+            "delivered_at": nullable_date_time(),
+            "attempt_log": {"type": "array", "items": schema_ref("DeliveryAttempt"), "description": "only on GET /v1/events/{id}"},
+        })),
+        "Event": object(&["id", "type", "at", "project", "connection_id", "provider", "data", "deliveries"], json!({
+            "id": {"type": "string"},
+            "type": {"type": "string"},
+            "at": date_time(),
+            "project": nullable("string"),
+            "connection_id": nullable("string"),
+            "provider": nullable("string"),
+            "data": {"description": "the event's payload"},
+            "deliveries": {"type": "array", "items": schema_ref("Delivery")},
+        })),
+        "EventPage": page_of("Event"),
+        "Redelivered": object(&["redelivered"], json!({
+            "redelivered": {"type": "integer", "description": "how many deliveries were queued again"},
+        })),
+        "Paused": object(&["reason", "until"], json!({
+            "reason": {"type": "string", "enum": ["rate_limited", "circuit_open", "client_invalid"]},
+            "until": date_time(),
+        })),
+        "Provider": provider_schema(),
+        "ProviderList": list_of("Provider"),
+        "Status": object(&["status"], json!({
+            "status": {"type": "string"},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+        })),
+    })
+}
+
+fn error_responses() -> Value {
+    let mut map = Map::new();
+    for (code, description) in [
+        ("400", "bad request (1600)"),
+        ("401", "missing or unknown API key (1605)"),
+        ("403", "the key may not do this (1606)"),
+        ("404", "not found (1603)"),
+        ("409", "conflict (1604) or needs_reauth (1610)"),
+        ("429", "rate limited (1607); see `Retry-After`"),
+        ("500", "internal error (1601); see the server log for the request_id"),
+        ("502", "the provider failed (1611)"),
+        ("503", "unavailable (1602); see `Retry-After`"),
+    ] {
+        map.insert(
+            format!("E{code}"),
+            json!({"description": description, "content": json_body(schema_ref("Error"))}),
+        );
+    }
+    Value::Object(map)
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let id = || path_param("id", "connection id");
+    let limit = || query("limit", json!({"type": "integer", "minimum": 1}), "page size");
+    let cursor = || {
+        query(
+            "cursor",
+            json!({"type": "string"}),
+            "the `next_cursor` of the previous page",
+        )
+    };
+    let project = || {
+        query(
+            "project",
+            json!({"type": "string"}),
+            "project (admin key only; a project key sees its own)",
+        )
+    };
+    let no_content = || json!({"description": "deleted"});
+    let token_errors = ["404", "409", "429", "502", "503"];
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Thermos API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!(
+                "Thermos keeps OAuth tokens fresh: import a connection, then ask for a token valid for as long as you need.\n\n\
+                 Authenticate with `Authorization: Bearer <admin key or project key>`. `/health`, `/ready`, `/metrics` and \
+                 `/openapi.json` need no key.\n\n{ERROR_DESCRIPTION}"
+            ),
+        },
+        "security": [{"bearer": []}],
+        "tags": [
+            {"name": "connections"}, {"name": "apps"}, {"name": "webhooks"}, {"name": "events"},
+            {"name": "providers"}, {"name": "operations"},
+        ],
+        "paths": {
+            "/v1/connections": {
+                "post": op("createConnection", "connections", "Import a connection and its tokens", vec![],
+                    Some((schema_ref("CreateConnection"), true)),
+                    responses(("201", ok("created", schema_ref("Connection"))), &["409"])),
+                "get": op("listConnections", "connections", "List connections", vec![
+                    project(),
+                    query("provider", json!({"type": "string"}), "provider slug"),
+                    query("status", json!({"type": "string"}), "connection status"),
+                    limit(), cursor(),
+                ], None, responses(("200", ok("a page of connections", schema_ref("ConnectionPage"))), &[])),
+            },
+            "/v1/connections/{id}": {
+                "get": op("getConnection", "connections", "One connection (never a token)", vec![id()], None,
+                    responses(("200", ok("the connection", schema_ref("Connection"))), &["404"])),
+                "delete": op("deleteConnection", "connections", "Delete a connection", vec![id()], None,
+                    responses(("204", no_content()), &["404"])),
+            },
+            "/v1/connections/{id}/tokens": {
+                "put": op("replaceTokens", "connections", "Replace the tokens after the user reconnected (status becomes active)",
+                    vec![id()], Some((schema_ref("ReplaceTokens"), true)),
+                    responses(("200", ok("the connection", schema_ref("Connection"))), &["404", "409"])),
+            },
+            "/v1/connections/{id}/token": {
+                "get": op("getToken", "connections", "A token valid for at least min_ttl seconds", vec![
+                    id(),
+                    query("min_ttl", json!({"type": "integer", "minimum": 0, "default": 60}),
+                        "seconds the token must stay valid (capped at half the token's lifetime)"),
+                ], None, responses(("200", ok("a token", schema_ref("Token"))), &token_errors)),
+            },
+            "/v1/connections/{id}/refresh": {
+                "post": op("refreshConnection", "connections", "Refresh now (optionally reporting a rejected token)", vec![id()],
+                    Some((schema_ref("RefreshRequest"), false)),
+                    responses(("200", ok("a fresh token", schema_ref("Token"))), &token_errors)),
+            },
+            "/v1/connections/{id}/reset": {
+                "post": op("resetConnection", "connections", "Clear failures, set status active, refresh now", vec![id()], None,
+                    responses(("200", ok("the connection", schema_ref("Connection"))), &["404"])),
+            },
+            "/v1/connections/{id}/attempts": {
+                "get": op("listAttempts", "connections", "Recent refresh attempts", vec![id(), limit()], None,
+                    responses(("200", ok("attempts, newest first", schema_ref("AttemptList"))), &["404"])),
+            },
+            "/v1/apps": {
+                "post": op("registerApp", "apps", "Register (or replace) a project's own OAuth client for a provider", vec![],
+                    Some((schema_ref("RegisterApp"), true)),
+                    responses(("201", ok("registered", schema_ref("App"))), &["404"])),
+                "get": op("listApps", "apps", "List a project's OAuth clients", vec![project()], None,
+                    responses(("200", ok("the apps", schema_ref("AppList"))), &[])),
+            },
+            "/v1/apps/{provider}": {
+                "delete": op("deleteApp", "apps", "Remove a project's OAuth client for a provider",
+                    vec![path_param("provider", "provider slug"), project()], None,
+                    responses(("204", no_content()), &["404", "409"])),
+            },
+            "/v1/webhooks": {
+                "post": op("createWebhook", "webhooks", "Register a webhook (signed per Standard Webhooks)", vec![],
+                    Some((schema_ref("RegisterWebhook"), true)),
+                    responses(("201", ok("registered; the secret is shown only here", schema_ref("CreatedWebhook"))), &[])),
+                "get": op("listWebhooks", "webhooks", "List webhooks", vec![project()], None,
+                    responses(("200", ok("the webhooks", schema_ref("WebhookList"))), &[])),
+            },
+            "/v1/webhooks/{id}": {
+                "delete": op("deleteWebhook", "webhooks", "Delete a webhook", vec![path_param("id", "webhook id")], None,
+                    responses(("204", no_content()), &["404"])),
+            },
+            "/v1/events": {
+                "get": op("listEvents", "events", "Recent events and their deliveries", vec![
+                    query("type", json!({"type": "string"}), "event type"),
+                    query("connection_id", json!({"type": "string"}), "connection id"),
+                    query("delivery_status", json!({"type": "string", "enum": ["pending", "delivered", "failed"]}),
+                        "events with a delivery in that state"),
+                    project(), limit(), cursor(),
+                ], None, responses(("200", ok("a page of events", schema_ref("EventPage"))), &[])),
+            },
+            "/v1/events/{id}": {
+                "get": op("getEvent", "events", "One event with every delivery attempt", vec![path_param("id", "event id")], None,
+                    responses(("200", ok("the event", schema_ref("Event"))), &["404"])),
+            },
+            "/v1/events/{id}/redeliver": {
+                "post": op("redeliverEvent", "events", "Queue the event's deliveries again", vec![path_param("id", "event id")], None,
+                    responses(("202", ok("queued", schema_ref("Redelivered"))), &["404"])),
+            },
+            "/v1/providers": {
+                "get": op("listProviders", "providers", "Each provider app's health, breaker, pause and limits", vec![], None,
+                    responses(("200", ok("the provider apps", schema_ref("ProviderList"))), &[])),
+            },
+            "/health": {
+                "get": public(op("health", "operations", "Liveness", vec![], None,
+                    json!({"200": ok("alive", schema_ref("Status"))}))),
+            },
+            "/ready": {
+                "get": public(op("ready", "operations", "Readiness: the database answers and the engine runs", vec![], None, json!({
+                    "200": ok("ready", schema_ref("Status")),
+                    "503": ok("not ready, with reasons", schema_ref("Status")),
+                }))),
+            },
+            "/metrics": {
+                "get": public(op("metrics", "operations", "Prometheus text exposition (scrape from inside the deployment)", vec![], None, json!({
+                    "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                }))),
+            },
+            "/openapi.json": {
+                "get": public(op("openapi", "operations", "This document", vec![], None, json!({
+                    "200": {"description": "the OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}},
+                }))),
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "admin key or project key"}},
+            "schemas": schemas(),
+            "responses": error_responses(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (METHOD, path) of every `.route(…)` in the router's source.
+    fn router_routes() -> Vec<(String, String)> {
+        let source = include_str!("mod.rs");
+        let nest = source.find(".nest(\"/v1\", v1)").expect("the router nests /v1");
+        let mut routes = Vec::new();
+        let mut rest = 0;
+        while let Some(found) = source[rest..].find(".route(\"") {
+            let start = rest + found + ".route(\"".len();
+            let end = start + source[start..].find('"').expect("closing quote");
+            let path = &source[start..end];
+            // The handler expression: up to the parenthesis closing `.route(`.
+            let mut depth = 1;
+            let mut close = end;
+            for (i, c) in source[end..].char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                if depth == 0 {
+                    close = end + i;
+                    break;
+                }
+            }
+            let handlers = &source[end..close];
+            let prefix = if start < nest { "/v1" } else { "" };
+            for method in METHODS {
+                let needle = format!("{method}(");
+                let mut from = 0;
+                while let Some(at) = handlers[from..].find(&needle) {
+                    let at = from + at;
+                    let before = handlers[..at].chars().next_back().unwrap_or(' ');
+                    if !(before.is_alphanumeric() || before == '_') {
+                        routes.push((method.to_uppercase(), format!("{prefix}{path}")));
+                    }
+                    from = at + needle.len();
+                }
+            }
+            rest = close;
+        }
+        routes.sort();
+        routes.dedup();
+        routes
+    }
+
+    #[test]
+    fn every_route_of_the_router_is_documented() {
+        let served = router_routes();
+        assert!(served.len() >= 20, "parsed too few routes: {served:?}");
+        assert!(served.contains(&("GET".into(), "/v1/connections/{id}/token".into())));
+        assert!(served.contains(&("GET".into(), "/openapi.json".into())));
+        let documented = documented_routes();
+        let missing: Vec<_> = served.iter().filter(|r| !documented.contains(r)).collect();
+        assert!(
+            missing.is_empty(),
+            "routes served but not in the OpenAPI document: {missing:?}"
+        );
+        let extra: Vec<_> = documented.iter().filter(|r| !served.contains(r)).collect();
+        assert!(extra.is_empty(), "routes documented but not in the router: {extra:?}");
+    }
+}
