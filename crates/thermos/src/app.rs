@@ -129,6 +129,7 @@ impl Application {
             ))
         });
         let engine = Engine::new(store, key, config.providers.clone(), client, clock, settings);
+        engine.mark_stale_runs().await.context("mark stale runs")?;
         let custom = crate::api::apps::load_into_registry(&engine)
             .await
             .context("load custom apps")?;

@@ -17,6 +17,7 @@ pub mod events;
 mod extract;
 pub mod openapi;
 mod providers;
+pub mod runs;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -75,6 +76,9 @@ pub fn router(state: AppState) -> Router {
         .route("/events/{id}", get(events::show))
         .route("/events/{id}/redeliver", post(events::redeliver))
         .route("/providers", get(providers::list))
+        .route("/runs", post(runs::start).get(runs::list))
+        .route("/runs/{id}", get(runs::show))
+        .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/apps", post(apps::create).get(apps::list))
         .route("/apps/{provider}", axum::routing::delete(apps::delete));
     Router::new()

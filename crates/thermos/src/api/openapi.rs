@@ -352,6 +352,9 @@ fn schemas() -> Value {
             "reason": {"type": "string", "enum": ["rate_limited", "circuit_open", "client_invalid"]},
             "until": date_time(),
         })),
+        "StartRun": super::runs::start_run_schema(),
+        "Run": super::runs::run_schema(),
+        "RunList": list_of("Run"),
         "Provider": provider_schema(),
         "ProviderList": list_of("Provider"),
         "Status": object(&["status"], json!({
@@ -417,6 +420,7 @@ pub fn document() -> Value {
         "tags": [
             {"name": "connections"}, {"name": "apps"}, {"name": "webhooks"}, {"name": "events"},
             {"name": "providers"}, {"name": "operations"},
+            {"name": "runs"},
         ],
         "paths": {
             "/v1/connections": {
@@ -500,6 +504,21 @@ pub fn document() -> Value {
             "/v1/events/{id}/redeliver": {
                 "post": op("redeliverEvent", "events", "Queue the event's deliveries again", vec![path_param("id", "event id")], None,
                     responses(("202", ok("queued", schema_ref("Redelivered"))), &["404"])),
+            },
+            "/v1/runs": {
+                "post": op("startRun", "runs", "Start a bulk refresh run over the matching connections", vec![],
+                    Some((schema_ref("StartRun"), true)),
+                    responses(("202", ok("started; poll GET /v1/runs/{id}", schema_ref("Run"))), &[])),
+                "get": op("listRuns", "runs", "Recent runs, newest first", vec![limit()], None,
+                    responses(("200", ok("the runs", schema_ref("RunList"))), &[])),
+            },
+            "/v1/runs/{id}": {
+                "get": op("getRun", "runs", "One run with its counts", vec![path_param("id", "run id")], None,
+                    responses(("200", ok("the run", schema_ref("Run"))), &["404"])),
+            },
+            "/v1/runs/{id}/cancel": {
+                "post": op("cancelRun", "runs", "Stop a running run after its current batch", vec![path_param("id", "run id")], None,
+                    responses(("202", ok("cancellation requested", schema_ref("Run"))), &["404"])),
             },
             "/v1/providers": {
                 "get": op("listProviders", "providers", "Each provider app's health, breaker, pause and limits", vec![], None,

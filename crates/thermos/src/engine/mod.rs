@@ -18,6 +18,7 @@ mod forced;
 pub mod gate;
 pub mod guard;
 mod refresh;
+pub mod run;
 mod scheduler;
 mod stats;
 mod token;
