@@ -110,3 +110,115 @@ async fn a_run_request_with_bad_fields_is_rejected_naming_each() {
     assert_eq!(app.get("/v1/runs/run_missing").await.0, 404);
     app.stop().await;
 }
+
+/// Writes a config for `provider` in `dir`, and `count` of its grants as
+/// connections straight into the store (sealed with the config's key).
+async fn store_with_connections(
+    dir: &std::path::Path,
+    provider: &thermos_testprovider::TestProvider,
+    count: usize,
+) -> (std::path::PathBuf, Vec<thermos_testprovider::IssuedGrant>) {
+    use thermos_core::id::ConnectionId;
+    use thermos_core::seal::Field;
+    let path = dir.join("thermos.toml");
+    let refresh = "request_timeout = \"5s\"\nbackoff_initial = \"1s\"\nbackoff_max = \"2s\"\n";
+    let toml = common::config_toml(dir, &provider.token_url(), false, refresh);
+    std::fs::write(&path, &toml).unwrap();
+    let config = thermos::config::Config::from_toml_str(&toml).unwrap();
+    let (key, _) = config.load_or_create_master_key().unwrap();
+    let store = thermos::app::open_store(&config).await.unwrap();
+    let now = thermos::engine::truncate_ms(time::OffsetDateTime::now_utc());
+    let mut grants = Vec::new();
+    for i in 0..count {
+        let grant = provider.issue_grant();
+        let id = ConnectionId::generate();
+        let new = thermos_store::NewConnection {
+            id,
+            project: "p1".into(),
+            provider: PROVIDER.into(),
+            external_id: format!("user-{i}"),
+            access_token: key.seal(&id, Field::AccessToken, &grant.access_token.clone().into()),
+            refresh_token: Some(key.seal(&id, Field::RefreshToken, &grant.refresh_token.clone().into())),
+            token_type: "Bearer".into(),
+            scope: None,
+            issued_at: now,
+            expires_at: now + Duration::from_secs(3600),
+            metadata: json!({}),
+            next_refresh_at: now + Duration::from_secs(3000),
+        };
+        store.insert_connection(new, now, Vec::new()).await.unwrap();
+        grants.push(grant);
+    }
+    (path, grants)
+}
+
+/// Runs `thermos --config <config> <args…>` off the async threads (the
+/// test provider serves on them); returns (success, stdout).
+async fn thermos(config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_thermos"));
+    command.arg("--config").arg(config).args(args);
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stdout}\n{stderr}");
+    (output.status.success(), stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_refresh_command_exits_zero_for_a_succeeded_run_and_non_zero_for_a_failed_one() {
+    let provider = thermos_testprovider::TestProvider::start(Default::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, grants) = store_with_connections(dir.path(), &provider, 20).await;
+
+    assert!(provider.revoke(&grants[0].grant));
+    let (ok, out) = thermos(&config, &["refresh", "--provider", PROVIDER]).await;
+    assert!(ok, "1 of 20 failing (5 %) is under the 10 % threshold: {out}");
+    assert!(out.contains("succeeded") && out.contains("invalid_grant: 1"), "{out}");
+
+    // The first is needs_reauth now (skipped); 4 of 19 attempts fail.
+    for grant in &grants[1..5] {
+        assert!(provider.revoke(&grant.grant));
+    }
+    let (ok, out) = thermos(&config, &["refresh", "--provider", PROVIDER]).await;
+    assert!(!ok, "4 of 19 failing is over the threshold: {out}");
+    assert!(out.contains(": failed") && out.contains("invalid_grant: 4"), "{out}");
+    assert!(out.contains("skipped 1"), "{out}");
+
+    let (ok, out) = thermos(&config, &["runs", "list"]).await;
+    assert!(ok && out.lines().count() == 2, "{out}");
+    let (ok, _) = thermos(&config, &["refresh"]).await;
+    assert!(!ok, "refreshing everything needs --all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_run_stops_after_its_current_batch() {
+    let app = spawn_app_with(AppOptions {
+        manual_clock: true,
+        provider: thermos_testprovider::ProviderOptions {
+            latency: Duration::from_millis(150),
+            ..Default::default()
+        },
+        ..AppOptions::default()
+    })
+    .await;
+    app.import_many(64, 3600).await;
+    let (status, run) = app.post("/v1/runs", json!({"provider": PROVIDER})).await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    let (status, cancelled) = app.post(&format!("/v1/runs/{id}/cancel"), json!({})).await;
+    assert_eq!(status, 202, "{cancelled}");
+    let path = format!("/v1/runs/{id}");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            app.get(&path).await.1["status"] != "running"
+        })
+        .await
+    );
+    let run = app.get(&path).await.1;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert!(run["succeeded"].as_u64().unwrap() < 64, "{run}");
+    assert_eq!(app.post(&format!("/v1/runs/{id}/cancel"), json!({})).await.0, 404);
+    app.stop().await;
+}

@@ -7,6 +7,8 @@ mod connections;
 pub(crate) mod doctor;
 mod events;
 mod keys;
+mod refresh;
+mod runs;
 mod webhooks;
 
 use std::path::PathBuf;
@@ -50,6 +52,12 @@ enum Command {
     /// Inspect events and their deliveries; redeliver.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Refresh the matching connections now, in batches (a run); exits
+    /// non-zero when more than the failure threshold of attempts fail.
+    Refresh(refresh::RefreshArgs),
+    /// Inspect and cancel bulk refresh runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
     /// Check the database, master key, providers, scheduler and outbox;
     /// exits non-zero when a check fails.
     Doctor(doctor::DoctorArgs),
@@ -99,6 +107,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Apps(command) => apps::run(&config, command).await,
         Command::Webhooks(command) => webhooks::run(&config, command).await,
         Command::Events(command) => events::run(&config, command).await,
+        Command::Refresh(args) => refresh::run(&config, args).await,
+        Command::Runs(command) => runs::run(&config, command).await,
         Command::Doctor(args) => doctor::run(&config, args).await,
         Command::Config(ConfigCommand::Check) => {
             println!("{config:#?}");

@@ -65,6 +65,13 @@ impl RunFilter {
                 .expiring_within
                 .is_none_or(|within| record.expires_at <= now + within)
     }
+
+    /// Whether a run attempts `record`: a connection that needs reauth or
+    /// is disabled is counted as skipped (its grant would fail again)
+    /// unless the filter asks for that status by name.
+    fn attempts(&self, record: &ConnectionRecord) -> bool {
+        record.status.is_scheduled() || self.status == Some(record.status)
+    }
 }
 
 /// What one refresh of a run ended with.
@@ -137,7 +144,12 @@ impl Engine {
         let mut failures = FailuresByCode::new();
         let mut cancelled = false;
         for batch in ids.chunks(RUN_BATCH) {
-            let outcomes = join_all(batch.iter().map(|id| self.tally(*id))).await;
+            let outcomes = join_all(
+                batch
+                    .iter()
+                    .map(|&(id, attempt)| async move { if attempt { self.tally(id).await } else { Tally::Skipped } }),
+            )
+            .await;
             for outcome in outcomes {
                 match outcome {
                     Tally::Succeeded => counts.succeeded += 1,
@@ -185,8 +197,9 @@ impl Engine {
         }
     }
 
-    /// The ids a run refreshes, in id order, at most [`MAX_RUN_CONNECTIONS`].
-    async fn select(&self, filter: &RunFilter) -> StoreResult<Vec<ConnectionId>> {
+    /// The ids a run selects, in id order, at most [`MAX_RUN_CONNECTIONS`],
+    /// each with whether it is attempted (see [`RunFilter::attempts`]).
+    async fn select(&self, filter: &RunFilter) -> StoreResult<Vec<(ConnectionId, bool)>> {
         let now = self.now();
         let mut ids = Vec::new();
         if !filter.connection_ids.is_empty() {
@@ -194,7 +207,7 @@ impl Engine {
                 if let Some(record) = self.store().get_connection(*id).await?
                     && filter.matches(&record, now)
                 {
-                    ids.push(record.id);
+                    ids.push((record.id, filter.attempts(&record)));
                 }
             }
             return Ok(ids);
@@ -210,7 +223,11 @@ impl Engine {
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             let full = page.len() == SELECT_PAGE as usize;
-            ids.extend(page.iter().filter(|r| filter.matches(r, now)).map(|r| r.id));
+            ids.extend(
+                page.iter()
+                    .filter(|r| filter.matches(r, now))
+                    .map(|r| (r.id, filter.attempts(r))),
+            );
             if !full {
                 break;
             }

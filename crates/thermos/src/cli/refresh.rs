@@ -1,0 +1,152 @@
+//! `thermos refresh`: a bulk refresh run, in this process, against the
+//! store — no server needed. A running server is no obstacle: the leases
+//! decide who refreshes a connection, and single flight applies here too.
+//! Prints a progress line at most once a second, then the counts and the
+//! failures by code; exits non-zero when the run failed.
+//!
+//! Read next: `engine/run.rs` (what a run does).
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use thermos_core::id::ConnectionId;
+use thermos_core::status::ConnectionStatus;
+use thermos_store::run::{RunCounts, RunRecord, RunStatus};
+
+use crate::app;
+use crate::config::{Config, KeySource};
+use crate::engine::run::RunFilter;
+use crate::engine::{Engine, EngineSettings};
+use crate::provider::RefreshClient;
+
+/// `thermos refresh` arguments.
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// Only this provider's connections.
+    #[arg(long)]
+    provider: Option<String>,
+    /// Only this project's connections.
+    #[arg(long)]
+    project: Option<String>,
+    /// Only connections in this state: active, failing, needs_reauth, disabled.
+    #[arg(long, value_parser = parse_status)]
+    status: Option<ConnectionStatus>,
+    /// Only connections whose access token expires within this (e.g. 1h).
+    #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
+    expiring_within: Option<Duration>,
+    /// Only these connections (repeat the flag).
+    #[arg(long = "connection", value_name = "ID", value_parser = parse_connection_id)]
+    connections: Vec<ConnectionId>,
+    /// Every connection (required when no provider or connection is named).
+    #[arg(long)]
+    all: bool,
+    /// Fail the run when more than this share of attempts fail (default:
+    /// refresh.failure_threshold).
+    #[arg(long, value_name = "SHARE")]
+    failure_threshold: Option<f64>,
+}
+
+fn parse_status(raw: &str) -> Result<ConnectionStatus, String> {
+    ConnectionStatus::parse(raw).ok_or_else(|| format!("unknown status {raw:?}"))
+}
+
+fn parse_connection_id(raw: &str) -> Result<ConnectionId, String> {
+    ConnectionId::parse(raw).map_err(|_| format!("{raw:?} is not a connection id"))
+}
+
+pub async fn run(config: &Config, args: RefreshArgs) -> anyhow::Result<()> {
+    if args.provider.is_none() && args.connections.is_empty() && !args.all {
+        bail!("name a --provider or --connection, or pass --all to refresh every connection");
+    }
+    let threshold = args.failure_threshold.unwrap_or(config.refresh.failure_threshold);
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        bail!("--failure-threshold: expected a share in (0, 1]");
+    }
+    let filter = RunFilter {
+        provider: args.provider,
+        project: args.project,
+        status: args.status,
+        expiring_within: args.expiring_within,
+        connection_ids: args.connections,
+    };
+    let engine = build_engine(config).await?;
+    let run = engine.create_run(&filter, "manual", threshold).await?;
+    eprintln!("run {} started", run.id);
+    let last = Mutex::new(Instant::now());
+    let progress = |counts: &RunCounts| {
+        let mut last = last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.elapsed() >= Duration::from_secs(1) {
+            *last = Instant::now();
+            eprintln!("{}", progress_line(counts));
+        }
+    };
+    let finished = engine.execute_run(run, filter, progress).await?;
+    print_summary(&finished);
+    if finished.status != RunStatus::Succeeded {
+        bail!("run {} {}", finished.id, finished.status.as_str());
+    }
+    Ok(())
+}
+
+/// An engine on the configured store, as `serve` builds it but without the
+/// scheduler, the instance lock or the listener.
+async fn build_engine(config: &Config) -> anyhow::Result<Engine> {
+    let (key, source) = config.load_or_create_master_key()?;
+    if let KeySource::Generated(path) = &source {
+        eprintln!(
+            "warning: generated a new master key at {}: stored tokens sealed with another key cannot be refreshed",
+            path.display()
+        );
+    }
+    let store = app::open_store(config).await?;
+    let settings = EngineSettings {
+        policy: config.refresh.policy.clone(),
+        max_concurrency: config.refresh.max_concurrency,
+        request_timeout: config.refresh.request_timeout,
+        owner: app::instance_name(),
+        escalate_after: config
+            .alerts
+            .as_ref()
+            .map_or(crate::engine::events::DEFAULT_ESCALATE_AFTER, |a| a.escalate_after),
+    };
+    let engine = Engine::new(
+        store,
+        Arc::new(key),
+        config.providers.clone(),
+        RefreshClient::new(config.refresh.request_timeout),
+        app::system_clock(),
+        settings,
+    );
+    crate::api::apps::load_into_registry(&engine)
+        .await
+        .context("load custom apps")?;
+    Ok(engine)
+}
+
+fn progress_line(counts: &RunCounts) -> String {
+    let done = counts.succeeded + counts.failed + counts.skipped;
+    format!(
+        "{done}/{} done: {} succeeded, {} failed, {} skipped",
+        counts.total, counts.succeeded, counts.failed, counts.skipped
+    )
+}
+
+/// The counts and failures by code of a run.
+pub fn print_summary(run: &RunRecord) {
+    let stale = if run.stale { " (stale: its process died)" } else { "" };
+    println!("run {}: {}{stale}", run.id, run.status.as_str());
+    println!(
+        "  total {}  succeeded {}  failed {}  skipped {}  (threshold {:.0} %)",
+        run.counts.total,
+        run.counts.succeeded,
+        run.counts.failed,
+        run.counts.skipped,
+        run.failure_threshold * 100.0
+    );
+    for (code, count) in &run.failures_by_code {
+        println!("  {code}: {count}");
+    }
+}
