@@ -54,6 +54,7 @@ pub(super) async fn call(
     };
     let priority = match trigger {
         Trigger::Scheduled => Priority::Background,
+        Trigger::Run => Priority::Background,
         Trigger::OnDemand | Trigger::Forced | Trigger::Reset => Priority::Urgent,
     };
     let outcome = match attempt(inner, app, guard, refresh_token, priority, probe).await {

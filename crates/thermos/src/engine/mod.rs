@@ -61,6 +61,9 @@ pub enum Trigger {
     Forced,
     /// `POST …/reset`.
     Reset,
+    /// A bulk refresh run (`POST /v1/runs`, `thermos refresh`): background
+    /// priority, like the scheduler.
+    Run,
 }
 
 impl Trigger {
@@ -71,6 +74,7 @@ impl Trigger {
             Self::OnDemand => "on_demand",
             Self::Forced => "forced",
             Self::Reset => "reset",
+            Self::Run => "run",
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A run selects its connections (bounded pages of `list_connections`, or
 //! the ids it names), refreshes them in batches through the single-flight
-//! path (so a run never sends a refresh token twice at once, and provider
+//! path at background priority (so a run never sends a refresh token twice at once, and provider
 //! limits apply inside), counts the outcomes, beats its heartbeat after each
 //! batch (where it also notices a cancellation) and ends `succeeded` or
 //! `failed` (more than `failure_threshold` of the attempts failed), its
@@ -237,7 +237,7 @@ impl Engine {
     }
 
     async fn tally(&self, id: ConnectionId) -> Tally {
-        match self.refresh_now(id, Trigger::Forced).await {
+        match self.refresh_now(id, Trigger::Run).await {
             Ok(Flight::Refreshed(_) | Flight::Superseded) => Tally::Succeeded,
             Ok(Flight::Busy { .. }) => Tally::Skipped,
             Err(RefreshFailure::NotFound | RefreshFailure::NotRefreshable { .. })
