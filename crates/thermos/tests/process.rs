@@ -579,3 +579,46 @@ async fn an_event_committed_before_a_kill_is_delivered_after_the_restart() {
     assert_eq!(got.body["data"]["connection_id"], ids[0].as_str());
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_reset_repairs_only_the_matching_connections_and_only_when_confirmed() {
+    let app = common::spawn_app_with(common::AppOptions {
+        manual_clock: true,
+        ..Default::default()
+    })
+    .await;
+    let connections = app.import_many(5, 600).await;
+    for (_, grant) in &connections[..2] {
+        app.provider.revoke(&grant.grant);
+    }
+    app.clock().advance(Duration::from_secs(331));
+    app.drain().await;
+    assert_eq!(app.statuses().await.get("needs_reauth"), Some(&2));
+    let config = app.dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        config_toml(app.dir.path(), &app.provider.token_url(), false, ""),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let args = [
+        "--config",
+        config,
+        "connections",
+        "reset",
+        "--provider",
+        PROVIDER,
+        "--status",
+        "needs_reauth",
+    ];
+
+    // No terminal to ask: it says what it would do and changes nothing.
+    let (ok, out) = thermos(&args);
+    assert!(!ok && out.contains("would reset 2 needs_reauth connection(s)"), "{out}");
+    assert_eq!(app.statuses().await.get("needs_reauth"), Some(&2));
+
+    let (ok, out) = thermos(&[&args[..], &["--yes"]].concat());
+    assert!(ok && out.contains("reset 2 of 2"), "{out}");
+    assert_eq!(app.statuses().await.get("active"), Some(&5));
+    app.stop().await;
+}

@@ -32,12 +32,43 @@ pub enum ConnectionsCommand {
         #[arg(value_parser = parse_id)]
         id: ConnectionId,
     },
+    /// Bulk repair: clear the failures of every matching connection, set it
+    /// `active` and make it due now (the running server refreshes them).
+    Reset {
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        project: Option<String>,
+        /// Which connections: failing or needs_reauth.
+        #[arg(long, value_parser = parse_status)]
+        status: ConnectionStatus,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 pub async fn run(config: &Config, command: ConnectionsCommand) -> anyhow::Result<()> {
     let store = app::open_store(config).await?;
     let now = OffsetDateTime::now_utc();
     match command {
+        ConnectionsCommand::Reset {
+            provider,
+            project,
+            status,
+            yes,
+        } => {
+            reset_many(
+                store.as_ref(),
+                ConnectionFilter {
+                    project,
+                    provider: Some(provider),
+                    status: Some(status),
+                },
+                yes,
+            )
+            .await?;
+        }
         ConnectionsCommand::List {
             project,
             provider,
@@ -179,4 +210,58 @@ fn parse_status(raw: &str) -> Result<ConnectionStatus, String> {
 
 fn parse_id(raw: &str) -> Result<ConnectionId, String> {
     ConnectionId::parse(raw).map_err(|e| e.to_string())
+}
+
+/// Most connections one bulk reset touches.
+const RESET_LIMIT: usize = 100_000;
+
+/// Shows how many connections match, asks for confirmation (unless `yes`),
+/// resets them and reports what it did.
+async fn reset_many(store: &dyn thermos_store::Store, filter: ConnectionFilter, yes: bool) -> anyhow::Result<()> {
+    let mut ids = Vec::new();
+    let mut after = None;
+    while ids.len() < RESET_LIMIT {
+        let page = store.list_connections(&filter, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        ids.extend(page.iter().map(|r| r.id));
+    }
+    let what = format!(
+        "{} {} connection(s) of provider {}{}",
+        ids.len(),
+        filter.status.map(|s| s.as_str()).unwrap_or(""),
+        filter.provider.as_deref().unwrap_or(""),
+        filter
+            .project
+            .as_deref()
+            .map(|p| format!(" in project {p}"))
+            .unwrap_or_default()
+    );
+    if ids.is_empty() {
+        println!("nothing to reset: 0 matching connections");
+        return Ok(());
+    }
+    if !yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("would reset {what}; confirm with --yes (standard input is not a terminal)");
+        }
+        print!("Reset {what} to active and refresh them now? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("nothing changed");
+            return Ok(());
+        }
+    }
+    let now = crate::engine::truncate_ms(OffsetDateTime::now_utc());
+    let mut done = 0usize;
+    for id in &ids {
+        if store.reset_connection(*id, now).await?.is_some() {
+            done += 1;
+        }
+    }
+    println!("reset {done} of {what}; a running `thermos serve` refreshes them within seconds");
+    Ok(())
 }

@@ -276,3 +276,40 @@ pub(super) async fn outbox(store: &dyn Store) -> Vec<Check> {
     };
     vec![backlog, failures]
 }
+
+/// A run counts as stuck when its heartbeat is older than this.
+const RUN_STALE_AFTER: time::Duration = time::Duration::seconds(60);
+
+/// Runs still marked `running` whose heartbeat stopped: their process died
+/// (they are marked stale when a server starts) or is hanging.
+pub(super) async fn runs(store: &dyn Store) -> Vec<Check> {
+    let now = OffsetDateTime::now_utc();
+    match store.list_runs(200).await {
+        Err(e) => vec![Check::fail(
+            "runs",
+            format!("cannot read runs: {}", error_chain(&e)),
+            "check the database",
+        )],
+        Ok(runs) => {
+            let stuck: Vec<_> = runs
+                .iter()
+                .filter(|r| {
+                    r.status == thermos_store::run::RunStatus::Running && now - r.heartbeat_at > RUN_STALE_AFTER
+                })
+                .collect();
+            match stuck.first() {
+                None => vec![Check::ok("runs", format!("{} recent run(s), none stuck", runs.len()))],
+                Some(oldest) => vec![Check::warn(
+                    "runs",
+                    format!(
+                        "{} run(s) marked running without a heartbeat for over a minute (e.g. {}, last heartbeat {} ago)",
+                        stuck.len(),
+                        oldest.id,
+                        short_duration((now - oldest.heartbeat_at).whole_seconds())
+                    ),
+                    "restart `thermos serve` (it marks them stale) or `thermos runs cancel ID`",
+                )],
+            }
+        }
+    }
+}
