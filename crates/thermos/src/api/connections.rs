@@ -199,8 +199,9 @@ pub async fn token(
 ) -> Result<Json<TokenView>, ApiError> {
     let record = visible(&state, &caller, id).await?;
     let min_ttl = Duration::from_secs(query.min_ttl.unwrap_or(DEFAULT_MIN_TTL_SECS));
-    let token = state.engine.fresh_token(id, min_ttl).await?;
-    hand_out(&state.engine, &record.provider, token)
+    let provider = record.provider.clone();
+    let token = state.engine.fresh_token(record, min_ttl).await?;
+    hand_out(&state.engine, &provider, token)
 }
 
 pub async fn refresh(
@@ -211,11 +212,12 @@ pub async fn refresh(
 ) -> Result<Json<TokenView>, ApiError> {
     let record = visible(&state, &caller, id).await?;
     let rejected = body.and_then(|b| b.rejected_token);
+    let provider = record.provider.clone();
     let token = state
         .engine
-        .replace_rejected(id, rejected.as_ref().map(|t| t.expose_secret()))
+        .replace_rejected(record, rejected.as_ref().map(|t| t.expose_secret()))
         .await?;
-    hand_out(&state.engine, &record.provider, token)
+    hand_out(&state.engine, &provider, token)
 }
 
 pub async fn reset(

@@ -72,23 +72,39 @@ enum Need<'a> {
 
 impl Engine {
     /// A token valid for at least `min_ttl` (capped at half its lifetime),
-    /// refreshing first if needed.
-    pub async fn fresh_token(&self, id: ConnectionId, min_ttl: Duration) -> Result<FreshToken, TokenError> {
-        self.obtain(id, Need::MinTtl(min_ttl), Trigger::OnDemand).await
+    /// refreshing first if needed. `record` is the connection as the caller
+    /// just read it (saves the hot path a second read).
+    pub async fn fresh_token(&self, record: ConnectionRecord, min_ttl: Duration) -> Result<FreshToken, TokenError> {
+        self.obtain(record, Need::MinTtl(min_ttl), Trigger::OnDemand).await
     }
 
     /// A fresh token after an application got a 401 with `rejected`: if that
     /// token is no longer the current one, the current one is returned
     /// without a refresh; with no `rejected` token, always refreshes.
-    pub async fn replace_rejected(&self, id: ConnectionId, rejected: Option<&str>) -> Result<FreshToken, TokenError> {
-        self.obtain(id, Need::ReplaceRejected(rejected), Trigger::Forced).await
+    pub async fn replace_rejected(
+        &self,
+        record: ConnectionRecord,
+        rejected: Option<&str>,
+    ) -> Result<FreshToken, TokenError> {
+        self.obtain(record, Need::ReplaceRejected(rejected), Trigger::Forced)
+            .await
     }
 
-    async fn obtain(&self, id: ConnectionId, need: Need<'_>, trigger: Trigger) -> Result<FreshToken, TokenError> {
+    async fn obtain(
+        &self,
+        first: ConnectionRecord,
+        need: Need<'_>,
+        trigger: Trigger,
+    ) -> Result<FreshToken, TokenError> {
+        let id = first.id;
         let deadline = tokio::time::Instant::now() + self.inner.settings.lease_ttl();
         let mut refreshed_version = None;
+        let mut first = Some(first);
         loop {
-            let record = self.load(id).await?;
+            let record = match first.take() {
+                Some(record) => record,
+                None => self.load(id).await?,
+            };
             check_status(&record)?;
             let now = self.inner.clock.now();
             let current_is_enough = match need {
