@@ -66,6 +66,21 @@ async fn open_serving_store(
     Ok((Arc::new(store), lock))
 }
 
+/// The engine's settings from the configuration, for lease owner `owner`.
+pub fn engine_settings(config: &Config, owner: String) -> EngineSettings {
+    EngineSettings {
+        policy: config.refresh.policy.clone(),
+        max_concurrency: config.refresh.max_concurrency,
+        request_timeout: config.refresh.request_timeout,
+        owner,
+        escalate_after: config
+            .alerts
+            .as_ref()
+            .map_or(crate::engine::events::DEFAULT_ESCALATE_AFTER, |a| a.escalate_after),
+        failure_threshold: config.refresh.failure_threshold,
+    }
+}
+
 /// A unique lease-owner name for this process.
 pub fn instance_name() -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
@@ -98,16 +113,7 @@ impl Application {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("listen on {}", config.server.listen))?;
-        let settings = EngineSettings {
-            policy: config.refresh.policy.clone(),
-            max_concurrency: config.refresh.max_concurrency,
-            request_timeout: config.refresh.request_timeout,
-            owner: instance_name(),
-            escalate_after: config
-                .alerts
-                .as_ref()
-                .map_or(crate::engine::events::DEFAULT_ESCALATE_AFTER, |a| a.escalate_after),
-        };
+        let settings = engine_settings(config, instance_name());
         let client = RefreshClient::new(config.refresh.request_timeout);
         let key = Arc::new(key);
         let dispatcher = Arc::new(Dispatcher::new(

@@ -23,7 +23,6 @@ use super::auth::Caller;
 use super::dto::DataList;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
-use crate::config::DEFAULT_FAILURE_THRESHOLD;
 use crate::engine::run::RunFilter;
 
 /// Runs listed when no limit is given.
@@ -98,7 +97,7 @@ impl From<&RunRecord> for RunView {
 impl StartRun {
     /// The filter and threshold, for a caller limited to `project` (if
     /// any); every problem reported at once, each naming its field.
-    pub fn parse(self, project: Option<String>) -> Result<(RunFilter, f64), Vec<String>> {
+    pub fn parse(self, project: Option<String>, default_threshold: f64) -> Result<(RunFilter, f64), Vec<String>> {
         let mut problems = Vec::new();
         let status = self.status.as_deref().and_then(|raw| {
             let parsed = ConnectionStatus::parse(raw);
@@ -114,7 +113,7 @@ impl StartRun {
                 Err(_) => problems.push(format!("connection_ids: {raw:?} is not a connection id")),
             }
         }
-        let threshold = self.failure_threshold.unwrap_or(DEFAULT_FAILURE_THRESHOLD);
+        let threshold = self.failure_threshold.unwrap_or(default_threshold);
         if !(threshold > 0.0 && threshold <= 1.0) {
             problems.push("failure_threshold: expected a share in (0, 1]".to_owned());
         }
@@ -155,7 +154,7 @@ pub async fn start(
         Caller::Project(_) => Some(caller.project_for(body.project.as_deref())?),
     };
     let (filter, threshold) = body
-        .parse(project)
+        .parse(project, state.engine.settings().failure_threshold)
         .map_err(|problems| ApiError::bad_request(problems.join("; ")))?;
     let run = state.engine.start_run(filter, "api", threshold).await?;
     tracing::info!(run_id = %run.id, "run started");
@@ -213,7 +212,7 @@ pub fn start_run_schema() -> serde_json::Value {
             "status": {"type": ["string", "null"], "enum": ["active", "failing", "needs_reauth", "disabled", null]},
             "expiring_within_seconds": {"type": ["integer", "null"]},
             "connection_ids": {"type": ["array", "null"], "items": {"type": "string"}},
-            "failure_threshold": {"type": ["number", "null"], "description": "share of failed attempts above which the run fails (default 0.1)"},
+            "failure_threshold": {"type": ["number", "null"], "description": "share of failed attempts above which the run fails (default: refresh.failure_threshold, 0.1)"},
         },
     })
 }

@@ -18,8 +18,8 @@ use thermos_store::run::{RunCounts, RunRecord, RunStatus};
 
 use crate::app;
 use crate::config::{Config, KeySource};
+use crate::engine::Engine;
 use crate::engine::run::RunFilter;
-use crate::engine::{Engine, EngineSettings};
 use crate::provider::RefreshClient;
 
 /// `thermos refresh` arguments.
@@ -102,16 +102,7 @@ async fn build_engine(config: &Config) -> anyhow::Result<Engine> {
         );
     }
     let store = app::open_store(config).await?;
-    let settings = EngineSettings {
-        policy: config.refresh.policy.clone(),
-        max_concurrency: config.refresh.max_concurrency,
-        request_timeout: config.refresh.request_timeout,
-        owner: app::instance_name(),
-        escalate_after: config
-            .alerts
-            .as_ref()
-            .map_or(crate::engine::events::DEFAULT_ESCALATE_AFTER, |a| a.escalate_after),
-    };
+    let settings = app::engine_settings(config, app::instance_name());
     let engine = Engine::new(
         store,
         Arc::new(key),

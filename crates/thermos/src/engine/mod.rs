@@ -91,6 +91,8 @@ pub struct EngineSettings {
     pub owner: String,
     /// Consecutive failures after which `connection.failing` is emitted.
     pub escalate_after: u32,
+    /// Share of failed attempts above which a bulk run fails (default for runs).
+    pub failure_threshold: f64,
 }
 
 impl EngineSettings {
