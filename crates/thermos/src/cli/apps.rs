@@ -20,7 +20,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::api::apps::Registration;
 use crate::app;
-use crate::config::{Config, KeySource};
+use crate::config::Config;
 
 /// Said after every change: the store is written, not the running server.
 const PICKED_UP_AT_START: &str =
@@ -90,13 +90,7 @@ pub async fn run(config: &Config, command: AppsCommand) -> anyhow::Result<()> {
                 auth_method.as_deref(),
             )
             .map_err(|problems| anyhow::anyhow!("invalid custom app:\n  {}", name_flags(&problems).join("\n  ")))?;
-            let (key, source) = config.load_or_create_master_key()?;
-            if let KeySource::Generated(path) = &source {
-                eprintln!(
-                    "warning: generated a new master key at {}: back it up; without it stored secrets cannot be decrypted",
-                    path.display()
-                );
-            }
+            let key = super::cli_master_key(config, true)?;
             let store = app::open_store(config).await?;
             let record = registration.record(&key, OffsetDateTime::now_utc());
             let registered_at = record.created_at;

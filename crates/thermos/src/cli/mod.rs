@@ -141,6 +141,28 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     application.run_until(app::shutdown_signal()).await
 }
 
+/// The master key for a CLI command. Only commands that seal new secrets
+/// (`allow_create`) may create one, for a new installation, with a warning;
+/// others refuse rather than create a key that opens nothing stored.
+pub(crate) fn cli_master_key(config: &Config, allow_create: bool) -> anyhow::Result<thermos_core::seal::MasterKey> {
+    let file = &config.security.master_key_file;
+    if !allow_create && std::env::var_os(crate::config::MASTER_KEY_ENV).is_none() && !file.exists() {
+        anyhow::bail!(
+            "no master key: {} is unset and {} does not exist (restore it from backup)",
+            crate::config::MASTER_KEY_ENV,
+            file.display()
+        );
+    }
+    let (key, source) = config.load_or_create_master_key()?;
+    if let KeySource::Generated(path) = &source {
+        eprintln!(
+            "warning: generated a new master key at {}: back it up; without it stored secrets cannot be decrypted",
+            path.display()
+        );
+    }
+    Ok(key)
+}
+
 /// Parses a human duration (`30s`, `2m`, `1h 30m`).
 pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw).map_err(|e| format!("invalid duration {raw:?}: {e}"))

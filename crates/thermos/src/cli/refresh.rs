@@ -17,7 +17,7 @@ use thermos_core::status::ConnectionStatus;
 use thermos_store::run::{RunCounts, RunRecord, RunStatus};
 
 use crate::app;
-use crate::config::{Config, KeySource};
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::engine::run::RunFilter;
 use crate::provider::RefreshClient;
@@ -94,13 +94,7 @@ pub async fn run(config: &Config, args: RefreshArgs) -> anyhow::Result<()> {
 /// An engine on the configured store, as `serve` builds it but without the
 /// scheduler, the instance lock or the listener.
 async fn build_engine(config: &Config) -> anyhow::Result<Engine> {
-    let (key, source) = config.load_or_create_master_key()?;
-    if let KeySource::Generated(path) = &source {
-        eprintln!(
-            "warning: generated a new master key at {}: stored tokens sealed with another key cannot be refreshed",
-            path.display()
-        );
-    }
+    let key = super::cli_master_key(config, false)?;
     let store = app::open_store(config).await?;
     let settings = app::engine_settings(config, app::instance_name());
     let engine = Engine::new(

@@ -16,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::api::webhooks::WebhookRegistration;
 use crate::app;
-use crate::config::{Config, KeySource};
+use crate::config::Config;
 
 #[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {
@@ -52,13 +52,7 @@ pub async fn run(config: &Config, command: WebhooksCommand) -> anyhow::Result<()
         WebhooksCommand::Create { project, url, events } => {
             let registration = WebhookRegistration::parse(project, &url, events, config.security.allow_private_targets)
                 .map_err(|problems| anyhow::anyhow!("invalid webhook:\n  --{}", problems.join("\n  --")))?;
-            let (key, source) = config.load_or_create_master_key()?;
-            if let KeySource::Generated(path) = &source {
-                eprintln!(
-                    "warning: generated a new master key at {}: back it up; without it stored secrets cannot be decrypted",
-                    path.display()
-                );
-            }
+            let key = super::cli_master_key(config, true)?;
             let store = app::open_store(config).await?;
             let (record, secret) = registration.record(&key, OffsetDateTime::now_utc());
             store
