@@ -114,12 +114,27 @@ async fn request_context(request: Request, next: Next) -> Response {
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| crate::metrics::outcome::UNMATCHED_ROUTE.to_owned());
-    let span = tracing::info_span!("request", request_id = %request_id);
+    // `otel.*` name the exported trace span (the route template, never the
+    // raw path with its ids); log lines leave them out.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.method = %method,
+        http.route = %route,
+        http.status = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
     let started = Instant::now();
     let response = REQUEST_ID
         .scope(request_id.clone(), next.run(request).instrument(span.clone()))
         .await;
     let status = response.status().as_u16();
+    span.record("http.status", status);
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
     record_request(&route, &method, status, started.elapsed());
     span.in_scope(|| {
         tracing::info!(

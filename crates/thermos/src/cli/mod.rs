@@ -119,7 +119,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    crate::telemetry::init(std::io::stdout);
+    let telemetry = crate::telemetry::install(std::io::stdout, &config.telemetry)?;
     let (key, source) = config.load_or_create_master_key()?;
     if let KeySource::Generated(path) = &source {
         tracing::warn!(
@@ -138,7 +138,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     }
     let application = Application::build(&config, key, admin_key, app::system_clock()).await?;
     reload_on_sighup(application.engine().clone(), config_path);
-    application.run_until(app::shutdown_signal()).await
+    let result = application.run_until(app::shutdown_signal()).await;
+    // After the graceful shutdown: the last spans are sent before exiting.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
+    result
 }
 
 /// The master key for a CLI command. Only commands that seal new secrets

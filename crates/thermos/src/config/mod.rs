@@ -62,6 +62,11 @@ pub const DEFAULT_ALERT_WINDOW: Duration = crate::outbox::alerts::DEFAULT_WINDOW
 /// Default time delivered and failed webhook deliveries are kept (`outbox.retention`).
 pub const DEFAULT_OUTBOX_RETENTION: Duration = crate::outbox::dispatch::DEFAULT_RETENTION;
 
+/// Default `service.name` of exported traces (`telemetry.service_name`).
+pub const DEFAULT_SERVICE_NAME: &str = "thermos";
+/// Default share of traces exported (`telemetry.sample_ratio`).
+pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
+
 /// The validated configuration of one Thermos instance.
 #[derive(Clone)]
 pub struct Config {
@@ -81,6 +86,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// `[engine]`.
     pub engine: EngineConfig,
+    /// `[telemetry]`.
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[server]`: where Thermos listens and how browsers reach it.
@@ -179,6 +186,43 @@ impl Default for OutboxConfig {
 pub struct EngineConfig {
     /// False for an API-only instance: it serves tokens and refreshes only on demand.
     pub enabled: bool,
+}
+
+/// `[telemetry]`: OpenTelemetry traces (needs a build with the `otel` feature).
+#[derive(Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP collector's base URL (`http://127.0.0.1:4318`); spans
+    /// are posted to `{otlp_endpoint}/v1/traces`. `None` (the default):
+    /// nothing is exported. Debug shows it without a password.
+    pub otlp_endpoint: Option<Url>,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// The share of traces recorded, in [0, 1]; a trace whose parent was
+    /// sampled is always recorded.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: DEFAULT_SERVICE_NAME.to_owned(),
+            sample_ratio: DEFAULT_SAMPLE_RATIO,
+        }
+    }
+}
+
+impl fmt::Debug for TelemetryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelemetryConfig")
+            .field(
+                "otlp_endpoint",
+                &self.otlp_endpoint.as_ref().map(|u| redact_url(u.as_str())),
+            )
+            .field("service_name", &self.service_name)
+            .field("sample_ratio", &self.sample_ratio)
+            .finish()
+    }
 }
 
 /// One configuration problem, named by its key (`refresh.margin`,
@@ -349,6 +393,7 @@ impl Default for Config {
             alerts: None,
             outbox: OutboxConfig::default(),
             engine: EngineConfig { enabled: true },
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -364,6 +409,7 @@ impl fmt::Debug for Config {
             .field("alerts", &self.alerts)
             .field("outbox", &self.outbox)
             .field("engine", &self.engine)
+            .field("telemetry", &self.telemetry)
             .finish()
     }
 }

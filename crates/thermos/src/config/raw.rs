@@ -36,12 +36,21 @@ pub(super) struct RawConfig {
     pub outbox: RawOutbox,
     #[serde(default)]
     pub engine: RawEngine,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
 }
 
 /// The sections an environment override may name (`[[provider]]` is a list
 /// and is configured in the file only).
 pub(super) const ENV_SECTIONS: &[&str] = &[
-    "server", "database", "security", "refresh", "alerts", "outbox", "engine",
+    "server",
+    "database",
+    "security",
+    "refresh",
+    "alerts",
+    "outbox",
+    "engine",
+    "telemetry",
 ];
 
 /// `[server]`.
@@ -124,6 +133,15 @@ pub(super) struct RawOutbox {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEngine {
     pub enabled: Option<Scalar>,
+}
+
+/// `[telemetry]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTelemetry {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<Scalar>,
 }
 
 /// A number, boolean, duration or name as written: in the file it has a TOML

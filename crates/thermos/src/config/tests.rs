@@ -571,6 +571,12 @@ fn the_settings_commented_out_in_the_example_are_valid_too() {
         })
         .map(|line| format!("{line}\n"))
         .collect();
+    // Without the `otel` feature an OTLP endpoint is refused (tested below).
+    let uncommented = if cfg!(feature = "otel") {
+        uncommented
+    } else {
+        uncommented.replace("otlp_endpoint =", "#otlp_endpoint =")
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = write_file(dir.path(), &uncommented);
     let config = Config::load_from(Some(&path), env(&[("EXAMPLE_CLIENT_SECRET", "s")])).unwrap();
@@ -581,4 +587,85 @@ fn the_settings_commented_out_in_the_example_are_valid_too() {
     assert_eq!(alerts.escalate_after, 3);
     assert_eq!(alerts.window, Duration::from_secs(60));
     assert_eq!(config.server.public_url.as_str(), "https://thermos.example.com/");
+    if cfg!(feature = "otel") {
+        let endpoint = config.telemetry.otlp_endpoint.map(String::from);
+        assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:4318/"));
+    }
+}
+
+#[test]
+fn telemetry_defaults_to_no_export_as_thermos_with_every_trace() {
+    let config = Config::from_toml_str("").unwrap();
+    assert_eq!(config.telemetry.otlp_endpoint, None);
+    assert_eq!(config.telemetry.service_name, "thermos");
+    assert!((config.telemetry.sample_ratio - 1.0).abs() < f64::EPSILON);
+    let config = Config::load_from(
+        None,
+        env(&[
+            ("THERMOS_TELEMETRY__SERVICE_NAME", "thermos-eu"),
+            ("THERMOS_TELEMETRY__SAMPLE_RATIO", "0"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.telemetry.service_name, "thermos-eu");
+    assert!(config.telemetry.sample_ratio.abs() < f64::EPSILON);
+}
+
+#[test]
+fn bad_telemetry_settings_are_reported_with_their_keys() {
+    let toml =
+        "[telemetry]\notlp_endpoint = \"grpc://u:pw@collector:4317\"\nservice_name = \" \"\nsample_ratio = 1.5\n";
+    let found = problems(Config::from_toml_str(toml));
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(
+        has(
+            &found,
+            "telemetry.otlp_endpoint: expected the http:// or https:// base URL"
+        ),
+        "{found:?}"
+    );
+    assert!(has(&found, "telemetry.service_name: is empty"), "{found:?}");
+    assert!(
+        has(&found, "telemetry.sample_ratio: expected a share in [0, 1]"),
+        "{found:?}"
+    );
+    assert!(
+        !found.iter().any(|p| p.contains("pw")),
+        "the endpoint is not echoed: {found:?}"
+    );
+    let found = problems(Config::load_from(
+        None,
+        env(&[("THERMOS_TELEMETRY__SAMPLE_RATIO", "half")]),
+    ));
+    assert!(has(&found, "(from THERMOS_TELEMETRY__SAMPLE_RATIO)"), "{found:?}");
+}
+
+#[test]
+fn an_otlp_endpoint_needs_a_build_with_the_otel_feature() {
+    let loaded = Config::load_from(
+        None,
+        env(&[("THERMOS_TELEMETRY__OTLP_ENDPOINT", "http://127.0.0.1:4318")]),
+    );
+    if cfg!(feature = "otel") {
+        let endpoint = loaded.unwrap().telemetry.otlp_endpoint.map(String::from);
+        assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:4318/"));
+    } else {
+        let found = problems(loaded);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("telemetry.otlp_endpoint: "), "{found:?}");
+        assert!(found[0].contains("--features otel"), "{found:?}");
+    }
+}
+
+#[test]
+fn the_debug_output_shows_no_password_of_the_otlp_endpoint() {
+    let toml = "[telemetry]\notlp_endpoint = \"https://user:collector-secret@otel.example.com\"\n";
+    match Config::from_toml_str(toml) {
+        Ok(config) => {
+            let debug = format!("{config:?}");
+            assert!(debug.contains("otel.example.com"), "{debug}");
+            assert!(!debug.contains("collector-secret"), "{debug}");
+        }
+        Err(e) => assert!(!e.to_string().contains("collector-secret"), "{e}"),
+    }
 }

@@ -21,7 +21,7 @@ use thermos_store::truncate_to_millis as truncate_ms;
 use thermos_store::{Claim, ConnectionRecord, FailureUpdate, FinishOutcome, LastError, NewAttempt, TokenUpdate};
 use time::OffsetDateTime;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use super::call::{self, Called};
 use super::events;
@@ -60,8 +60,60 @@ pub(super) async fn claim_and_refresh(
     }
 }
 
-/// Refreshes a connection whose lease this instance holds.
+/// Refreshes a connection whose lease this instance holds, in a `refresh`
+/// span (a trace span named `refresh {provider}` with the `otel` feature)
+/// that ends with the outcome and error code.
 pub(super) async fn refresh_claimed(
+    inner: &Arc<Inner>,
+    record: ConnectionRecord,
+    trigger: Trigger,
+    permit: OwnedSemaphorePermit,
+) -> FlightResult {
+    let span = tracing::info_span!(
+        "refresh",
+        otel.name = %format_args!("refresh {}", record.provider),
+        connection_id = %record.id,
+        provider = %record.provider,
+        trigger = trigger.as_str(),
+        outcome = tracing::field::Empty,
+        error.code = tracing::field::Empty,
+        http_status = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let result = attempt(inner, record, trigger, permit).instrument(span.clone()).await;
+    record_outcome(&span, &result);
+    result
+}
+
+/// The end of a refresh span: outcome, error code (or pause reason) and
+/// the token endpoint's HTTP status; an error status when the connection
+/// failed.
+fn record_outcome(span: &tracing::Span, result: &FlightResult) {
+    let (outcome, code, http_status) = match result {
+        Ok(Flight::Refreshed(_)) => ("refreshed", None, Some(200)),
+        Ok(Flight::Superseded) => ("superseded", None, None),
+        Ok(Flight::Busy { .. }) => ("busy", None, None),
+        Err(RefreshFailure::Failed { code, http_status, .. }) => ("failed", Some(code.as_str()), *http_status),
+        Err(RefreshFailure::NeedsReauth { code, .. }) => ("needs_reauth", Some(code.as_str()), None),
+        Err(RefreshFailure::Unavailable { reason, .. }) => ("deferred", Some(reason.as_str()), None),
+        Err(RefreshFailure::NotRefreshable { status }) => ("skipped", Some(status.as_str()), None),
+        Err(RefreshFailure::NotFound) => ("not_found", None, None),
+        Err(RefreshFailure::Internal(_)) => ("internal_error", None, None),
+    };
+    span.record("outcome", outcome);
+    if let Some(code) = code {
+        span.record("error.code", code);
+    }
+    if let Some(status) = http_status {
+        span.record("http_status", status);
+    }
+    if matches!(outcome, "failed" | "needs_reauth" | "internal_error") {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// One refresh attempt of a leased connection.
+async fn attempt(
     inner: &Arc<Inner>,
     record: ConnectionRecord,
     trigger: Trigger,

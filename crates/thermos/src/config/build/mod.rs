@@ -6,6 +6,7 @@
 //! The `[[provider]]` rules are in `provider.rs`.
 
 mod provider;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -92,6 +93,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
     let engine = EngineConfig {
         enabled: c.boolean("engine.enabled", raw.engine.enabled.as_ref(), true),
     };
+    let telemetry = c.telemetry(&raw.telemetry);
 
     if !c.problems.is_empty() {
         return Err(c.problems);
@@ -105,6 +107,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
         alerts,
         outbox,
         engine,
+        telemetry,
     })
 }
 
