@@ -6,10 +6,11 @@
 //! [`Sealed`] bytes — and never reads the clock: every method that needs
 //! "now" takes it as a parameter and binds it into SQL.
 //!
-//! Read next: `sqlite.rs` (the embedded backend) and `tests/conformance.rs`
-//! (the contract every backend passes).
+//! Read next: `sqlite.rs` (the embedded backend), `postgres.rs` (the shared
+//! one) and `tests/conformance.rs` (the contract every backend passes).
 
 pub mod outbox;
+mod postgres;
 pub mod run;
 mod sqlite;
 
@@ -23,6 +24,7 @@ use thermos_core::seal::Sealed;
 use thermos_core::status::ConnectionStatus;
 use time::OffsetDateTime;
 
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::{InstanceLockError, SqliteStore};
 
 /// How many attempts are kept per connection; older ones are pruned.

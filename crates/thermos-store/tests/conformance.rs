@@ -2,11 +2,14 @@
 //!
 //! Each case is an `async fn(Arc<dyn Store>)` that starts from an empty,
 //! migrated store; the `conformance!` macro instantiates it once per backend
-//! (`sqlite::<case>`; PostgreSQL joins behind `THERMOS_TEST_DATABASE_URL`).
+//! (`sqlite::<case>`, `postgres::<case>`; the PostgreSQL cases run against
+//! `THERMOS_TEST_DATABASE_URL`, default the local server, each in a schema of
+//! its own, and are skipped with a note when no server answers and `CI` is
+//! not set).
 //! Time is always passed in (offsets from `T0`), never read or slept on.
 //! The outbox cases live in `conformance/outbox.rs`. Backend-specific
 //! checks (query plans, several stores on one file, corrupt rows) live in
-//! `mod sqlite_only` at the end.
+//! `mod sqlite_only` and `mod postgres_only` at the end.
 
 mod support;
 
@@ -42,17 +45,15 @@ macro_rules! conformance {
             )*
         }
 
-        // PostgreSQL: once the backend exists, generate the same cases here:
-        //
-        // mod postgres {
-        //     $(
-        //         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        //         async fn $case() {
-        //             let Some(backend) = crate::support::postgres().await else { return };
-        //             super::$case(backend.store()).await;
-        //         }
-        //     )*
-        // }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(backend) = crate::support::postgres().await else { return };
+                    super::$case(backend.store()).await;
+                }
+            )*
+        }
     };
 }
 
@@ -1292,5 +1293,160 @@ mod sqlite_only {
         let distinct: HashSet<_> = claimed.iter().copied().collect();
         assert_eq!(claimed.len(), distinct.len(), "a connection was claimed twice");
         assert_eq!(distinct, all);
+    }
+}
+
+/// Checks that only make sense for PostgreSQL: several instances (several
+/// pools) sharing one database.
+mod postgres_only {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use thermos_store::{Claim, PgOptions, PgStore, Store, StoreError};
+
+    use crate::support::{self, T0, at, connection, due_connection};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_stores_claiming_due_work_at_once_get_disjoint_sets_and_together_all_of_it() {
+        let Some((first, schema)) = support::postgres_store().await else {
+            return;
+        };
+        let first = Arc::new(first);
+        let second = Arc::new(schema.connect().await);
+        let mut all = HashSet::new();
+        for i in 0..150 {
+            let new = due_connection(&format!("u{i}"), -i);
+            all.insert(first.insert_connection(new, T0, Vec::new()).await.unwrap().id);
+        }
+        let mut claimers = tokio::task::JoinSet::new();
+        for worker in 0..8 {
+            let store = if worker % 2 == 0 {
+                Arc::clone(&first)
+            } else {
+                Arc::clone(&second)
+            };
+            claimers.spawn(async move {
+                let owner = format!("instance-{}-{worker}", worker % 2);
+                let mut mine = Vec::new();
+                loop {
+                    let batch = store
+                        .claim_due(&owner, T0, at(300), 4)
+                        .await
+                        .expect("claim without an error");
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    assert!(batch.iter().all(|c| c.lease_owner.as_deref() == Some(owner.as_str())));
+                    mine.extend(batch.into_iter().map(|c| c.id));
+                }
+            });
+        }
+        let mut claimed = Vec::new();
+        while let Some(mine) = claimers.join_next().await {
+            claimed.extend(mine.unwrap());
+        }
+        let distinct: HashSet<_> = claimed.iter().copied().collect();
+        assert_eq!(claimed.len(), distinct.len(), "a connection was claimed twice");
+        assert_eq!(distinct, all);
+        // Every lease is in the database, as its claimer was told.
+        for id in all {
+            let row = second.get_connection(id).await.unwrap().unwrap();
+            assert!(row.lease_owner.is_some_and(|owner| owner.starts_with("instance-")));
+            assert_eq!(row.lease_until, Some(at(300)));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_lease_held_through_one_store_blocks_claim_connection_through_another() {
+        let Some((first, schema)) = support::postgres_store().await else {
+            return;
+        };
+        let second = schema.connect().await;
+        let conn = first.insert_connection(connection("u1"), T0, Vec::new()).await.unwrap();
+        let Claim::Claimed(_) = first.claim_connection(conn.id, "instance-a", T0, at(60)).await.unwrap() else {
+            panic!("the first claim must succeed")
+        };
+        let busy = second
+            .claim_connection(conn.id, "instance-b", at(30), at(90))
+            .await
+            .unwrap();
+        assert!(
+            matches!(busy, Claim::Busy { lease_until } if lease_until == at(60)),
+            "{busy:?}"
+        );
+        assert!(
+            second
+                .claim_due("instance-b", at(59), at(120), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Once the lease has expired, the other instance takes over.
+        let Claim::Claimed(taken) = second
+            .claim_connection(conn.id, "instance-b", at(60), at(120))
+            .await
+            .unwrap()
+        else {
+            panic!("an expired lease must not block")
+        };
+        assert_eq!(taken.lease_owner.as_deref(), Some("instance-b"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_claim_connection_calls_through_two_stores_lease_a_connection_once() {
+        let Some((first, schema)) = support::postgres_store().await else {
+            return;
+        };
+        let stores = [Arc::new(first), Arc::new(schema.connect().await)];
+        let conn = stores[0]
+            .insert_connection(connection("u1"), T0, Vec::new())
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..8 {
+            let store = Arc::clone(&stores[worker % 2]);
+            tasks.spawn(async move {
+                store
+                    .claim_connection(conn.id, &format!("w{worker}"), T0, at(60))
+                    .await
+                    .unwrap()
+            });
+        }
+        let mut claimed = 0;
+        while let Some(claim) = tasks.join_next().await {
+            match claim.unwrap() {
+                Claim::Claimed(_) => claimed += 1,
+                Claim::Busy { lease_until } => assert_eq!(lease_until, at(60)),
+                Claim::NotFound => panic!("the connection exists"),
+            }
+        }
+        assert_eq!(claimed, 1);
+    }
+
+    #[tokio::test]
+    async fn each_pooled_connection_works_in_the_chosen_schema() {
+        let Some((store, schema)) = support::postgres_store().await else {
+            return;
+        };
+        store.insert_connection(connection("u1"), T0, Vec::new()).await.unwrap();
+        // A second store on the same schema sees the row; the schema is not
+        // migrated twice.
+        let again = schema.connect().await;
+        again.migrate().await.unwrap();
+        assert_eq!(
+            again
+                .list_connections(&Default::default(), None, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(again.schema().is_some_and(|s| s.starts_with("thermos_t_")));
+    }
+
+    #[tokio::test]
+    async fn a_url_that_is_not_postgres_is_refused() {
+        let refused = PgStore::connect("sqlite://thermos.db", PgOptions::default()).await;
+        assert!(matches!(refused, Err(StoreError::Database(_))), "{refused:?}");
     }
 }

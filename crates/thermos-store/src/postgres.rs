@@ -1,0 +1,449 @@
+//! The shared backend: [`PgStore`], one PostgreSQL database (or one schema
+//! of it) that any number of Thermos instances use at once.
+//!
+//! Owns the connection pool and the PostgreSQL spelling of every [`Store`]
+//! transition. Where SQLite has one writer, PostgreSQL has many concurrent
+//! transactions, so the semantics SQLite gets from serialisation are spelt
+//! out here:
+//!
+//! - due work (connections, deliveries) is claimed with `FOR UPDATE SKIP
+//!   LOCKED` in the statement that writes the lease, so two instances never
+//!   claim the same row and never wait for each other;
+//! - transitions lock the connection row before they record an attempt, and
+//!   commit tokens with a compare-and-swap on `version`;
+//! - event writers take one transaction-scoped advisory lock, so an event's
+//!   `seq` order is its commit order (a consumer's cursor never skips an
+//!   event committed late), and every change to a delivery channel's head
+//!   holds that channel's advisory lock (see `postgres/outbox.rs`).
+//!
+//! Timestamps are `TIMESTAMPTZ`, truncated to the millisecond before they are
+//! bound (see [`crate::truncate_to_millis`]), so they round-trip exactly.
+//!
+//! It never sees a plaintext token, never reads the clock (`now` is always a
+//! bound parameter; no `now()` in SQL) and never decides a state transition.
+//!
+//! Read next: `postgres/schedule.rs` (leases), `postgres/refresh.rs`,
+//! `postgres/outbox.rs` and `postgres/delivery.rs`, `postgres/row.rs` and
+//! `migrations/postgres/` (the schema).
+
+mod api_key;
+mod connection;
+mod custom_app;
+mod delivery;
+mod outbox;
+mod refresh;
+mod row;
+mod run;
+mod schedule;
+mod webhook;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Executor, Postgres, Transaction};
+use thermos_core::id::ConnectionId;
+use time::OffsetDateTime;
+
+use crate::outbox::{
+    DeliveryAttempt, DeliveryNext, DeliveryRecord, EventFilter, EventRecord, EventWithDeliveries, NewEvent,
+    WebhookRecord,
+};
+use crate::{
+    ApiKeyRecord, AttemptRecord, Claim, ConnectionFilter, ConnectionRecord, CustomAppRecord, FailureUpdate,
+    FinishOutcome, NewAttempt, NewConnection, StatusCount, Store, StoreError, StoreResult, TokenUpdate,
+};
+
+/// The embedded migrations of the PostgreSQL schema.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How a [`PgStore`] connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgOptions {
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// How long a query waits for a free connection before it fails.
+    pub acquire_timeout: Duration,
+    /// The schema every pooled connection works in (its `search_path`);
+    /// `None` keeps the server's default (`public`). [`Store::migrate`]
+    /// creates it if missing.
+    pub schema: Option<String>,
+}
+
+impl PgOptions {
+    /// The default pool size.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+    /// The default wait for a pooled connection.
+    pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            acquire_timeout: Self::DEFAULT_ACQUIRE_TIMEOUT,
+            schema: None,
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone (the pool is a shared handle).
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    /// The schema set as `search_path` on every connection, if any.
+    schema: Option<String>,
+}
+
+impl PgStore {
+    /// Connects a pool to the database at `url` (`postgres://user@host/db`,
+    /// `postgresql://…`). Does not migrate; call [`Store::migrate`].
+    pub async fn connect(url: &str, options: PgOptions) -> StoreResult<Self> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(config_error("not a postgres:// URL".into()));
+        }
+        let connect = PgConnectOptions::from_str(url)?;
+        let mut pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout);
+        if let Some(schema) = &options.schema {
+            if schema.is_empty() || schema.contains('\0') {
+                return Err(config_error("the schema name must be non-empty text".into()));
+            }
+            let set_path: Arc<str> = format!("SET search_path TO {}", quote_ident(schema)).into();
+            pool = pool.after_connect(move |conn, _meta| {
+                let set_path = Arc::clone(&set_path);
+                Box::pin(async move {
+                    conn.execute(&*set_path).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_with(connect).await?;
+        Ok(Self {
+            pool,
+            schema: options.schema,
+        })
+    }
+
+    /// The schema this store works in, if one was chosen.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// Starts a transaction (READ COMMITTED: every statement sees what
+    /// committed before it began, which the row and advisory locks rely on).
+    async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Closes the pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `name` as a quoted SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn config_error(message: String) -> StoreError {
+    StoreError::Database(sqlx::Error::Configuration(message.into()))
+}
+
+/// Maps a unique-constraint violation to [`StoreError::Conflict`].
+fn conflict_or(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        _ => StoreError::Database(error),
+    }
+}
+
+/// A `u32` limit as PostgreSQL's `BIGINT`.
+fn limit(limit: u32) -> i64 {
+    i64::from(limit)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        if let Some(schema) = &self.schema {
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(MIGRATOR.run(&self.pool).await?)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_connection(
+        &self,
+        new: NewConnection,
+        now: OffsetDateTime,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<ConnectionRecord> {
+        connection::insert(self, new, now, events).await
+    }
+
+    async fn get_connection(&self, id: ConnectionId) -> StoreResult<Option<ConnectionRecord>> {
+        connection::get(self, id).await
+    }
+
+    async fn list_connections(
+        &self,
+        filter: &ConnectionFilter,
+        after: Option<ConnectionId>,
+        limit: u32,
+    ) -> StoreResult<Vec<ConnectionRecord>> {
+        connection::list(self, filter, after, limit).await
+    }
+
+    async fn replace_tokens(
+        &self,
+        id: ConnectionId,
+        tokens: TokenUpdate,
+        now: OffsetDateTime,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<Option<ConnectionRecord>> {
+        connection::replace_tokens(self, id, tokens, now, events).await
+    }
+
+    async fn reset_connection(&self, id: ConnectionId, now: OffsetDateTime) -> StoreResult<Option<ConnectionRecord>> {
+        connection::reset(self, id, now).await
+    }
+
+    async fn delete_connection(&self, id: ConnectionId) -> StoreResult<bool> {
+        connection::delete(self, id).await
+    }
+
+    async fn next_due_at(&self) -> StoreResult<Option<OffsetDateTime>> {
+        schedule::next_due_at(self).await
+    }
+
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<Vec<ConnectionRecord>> {
+        schedule::claim_due(self, owner, now, lease_until, limit).await
+    }
+
+    async fn claim_connection(
+        &self,
+        id: ConnectionId,
+        owner: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+    ) -> StoreResult<Claim> {
+        schedule::claim_connection(self, id, owner, now, lease_until).await
+    }
+
+    async fn release_lease(&self, id: ConnectionId, owner: &str, next_refresh_at: OffsetDateTime) -> StoreResult<()> {
+        schedule::release_lease(self, id, owner, next_refresh_at).await
+    }
+
+    async fn finish_refresh(
+        &self,
+        id: ConnectionId,
+        expected_version: i64,
+        tokens: TokenUpdate,
+        attempt: NewAttempt,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<FinishOutcome> {
+        refresh::finish(self, id, expected_version, tokens, attempt, events).await
+    }
+
+    async fn record_failure(
+        &self,
+        id: ConnectionId,
+        expected_version: i64,
+        failure: FailureUpdate,
+        attempt: NewAttempt,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<Option<ConnectionRecord>> {
+        refresh::record_failure(self, id, expected_version, failure, attempt, events).await
+    }
+
+    async fn record_attempt(&self, id: ConnectionId, attempt: NewAttempt) -> StoreResult<()> {
+        refresh::record_attempt(self, id, attempt).await
+    }
+
+    async fn release_all_leases(&self, now: OffsetDateTime) -> StoreResult<u64> {
+        schedule::release_all_leases(self, now).await
+    }
+
+    async fn list_attempts(&self, id: ConnectionId, limit: u32) -> StoreResult<Vec<AttemptRecord>> {
+        refresh::list_attempts(self, id, limit).await
+    }
+
+    async fn count_by_status(&self) -> StoreResult<Vec<StatusCount>> {
+        connection::count_by_status(self).await
+    }
+
+    async fn insert_api_key(&self, key: ApiKeyRecord) -> StoreResult<()> {
+        api_key::insert(self, key).await
+    }
+
+    async fn find_api_key(&self, key_id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        api_key::find(self, key_id).await
+    }
+
+    async fn upsert_custom_app(&self, record: CustomAppRecord) -> StoreResult<CustomAppRecord> {
+        custom_app::upsert(self, record).await
+    }
+
+    async fn list_custom_apps(&self, project: Option<&str>) -> StoreResult<Vec<CustomAppRecord>> {
+        custom_app::list(self, project).await
+    }
+
+    async fn delete_custom_app(&self, project: &str, provider: &str) -> StoreResult<bool> {
+        custom_app::delete(self, project, provider).await
+    }
+
+    async fn insert_events(&self, events: Vec<NewEvent>) -> StoreResult<()> {
+        outbox::insert_events(self, events).await
+    }
+
+    async fn insert_webhook(&self, record: WebhookRecord) -> StoreResult<()> {
+        webhook::insert(self, record).await
+    }
+
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookRecord>> {
+        webhook::get(self, id).await
+    }
+
+    async fn list_webhooks(&self, project: Option<&str>) -> StoreResult<Vec<WebhookRecord>> {
+        webhook::list(self, project).await
+    }
+
+    async fn delete_webhook(&self, id: &str, now: OffsetDateTime) -> StoreResult<bool> {
+        webhook::delete(self, id, now).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        delivery::claim(self, owner, now, lease_until, limit).await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        owner: &str,
+        attempt: DeliveryAttempt,
+        next: DeliveryNext,
+    ) -> StoreResult<()> {
+        delivery::finish(self, id, owner, attempt, next).await
+    }
+
+    async fn next_delivery_due_at(&self) -> StoreResult<Option<OffsetDateTime>> {
+        delivery::next_due_at(self).await
+    }
+
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<EventWithDeliveries>> {
+        outbox::list_events(self, filter, before_seq, limit).await
+    }
+
+    async fn get_event(&self, id: &str) -> StoreResult<Option<EventWithDeliveries>> {
+        outbox::get_event(self, id).await
+    }
+
+    async fn list_delivery_attempts(&self, delivery_id: i64) -> StoreResult<Vec<DeliveryAttempt>> {
+        delivery::list_attempts(self, delivery_id).await
+    }
+
+    async fn redeliver_event(&self, event_id: &str, now: OffsetDateTime) -> StoreResult<u64> {
+        delivery::redeliver(self, event_id, now).await
+    }
+
+    async fn events_after(&self, seq: i64, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        outbox::events_after(self, seq, limit).await
+    }
+
+    async fn get_cursor(&self, name: &str) -> StoreResult<i64> {
+        outbox::get_cursor(self, name).await
+    }
+
+    async fn commit_alerts(&self, alerts: Vec<NewEvent>, cursor_name: &str, cursor: i64) -> StoreResult<()> {
+        outbox::commit_alerts(self, alerts, cursor_name, cursor).await
+    }
+
+    async fn prune_outbox(&self, older_than: OffsetDateTime) -> StoreResult<u64> {
+        outbox::prune(self, older_than).await
+    }
+
+    async fn count_pending_deliveries(&self) -> StoreResult<u64> {
+        delivery::count_pending(self).await
+    }
+
+    async fn insert_run(&self, new: crate::run::NewRun) -> StoreResult<crate::run::RunRecord> {
+        run::insert(self, new).await
+    }
+
+    async fn update_run_progress(
+        &self,
+        id: &str,
+        counts: crate::run::RunCounts,
+        failures_by_code: crate::run::FailuresByCode,
+        heartbeat_at: OffsetDateTime,
+    ) -> StoreResult<Option<crate::run::RunRecord>> {
+        run::update_progress(self, id, counts, &failures_by_code, heartbeat_at).await
+    }
+
+    async fn finish_run(
+        &self,
+        id: &str,
+        status: crate::run::RunStatus,
+        counts: crate::run::RunCounts,
+        failures_by_code: crate::run::FailuresByCode,
+        finished_at: OffsetDateTime,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<Option<crate::run::RunRecord>> {
+        run::finish(self, id, status, counts, &failures_by_code, finished_at, events).await
+    }
+
+    async fn get_run(&self, id: &str) -> StoreResult<Option<crate::run::RunRecord>> {
+        run::get(self, id).await
+    }
+
+    async fn list_runs(&self, limit: u32) -> StoreResult<Vec<crate::run::RunRecord>> {
+        run::list(self, limit).await
+    }
+
+    async fn mark_stale_runs(&self, heartbeat_before: OffsetDateTime, now: OffsetDateTime) -> StoreResult<u64> {
+        run::mark_stale(self, heartbeat_before, now).await
+    }
+
+    async fn cancel_run(&self, id: &str) -> StoreResult<bool> {
+        run::cancel(self, id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_with_inner_quotes_doubled() {
+        assert_eq!(quote_ident("t_1"), "\"t_1\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}
