@@ -139,6 +139,37 @@ impl PgStore {
         Ok(self.pool.begin().await?)
     }
 
+    /// The query plans of the due-work statements (the claims and next due
+    /// times of connections and deliveries), one line per plan node prefixed
+    /// with the method's name. Sequential scans are disabled for the
+    /// explanation, so the plan shows which index a query can use (on a small
+    /// table the planner would rightly scan instead). For tests that check
+    /// the partial indexes `connections_due` and `deliveries_due` fit.
+    #[doc(hidden)]
+    pub async fn explain_due_queries(&self) -> StoreResult<String> {
+        let statements = [
+            ("claim_due", schedule::CLAIM_DUE.to_owned(), true),
+            ("next_due_at", schedule::SELECT_NEXT_DUE.to_owned(), false),
+            ("claim_deliveries", delivery::claim_sql(), true),
+            ("next_delivery_due_at", delivery::SELECT_NEXT_DUE.to_owned(), false),
+        ];
+        let mut tx = self.begin().await?;
+        sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
+        let mut plan = Vec::new();
+        for (name, sql, claims) in statements {
+            let explain = format!("EXPLAIN {sql}");
+            let mut query = sqlx::query_scalar::<_, String>(&explain);
+            if claims {
+                let at = OffsetDateTime::UNIX_EPOCH;
+                query = query.bind(at).bind(1_i64).bind("explain").bind(at);
+            }
+            let lines = query.fetch_all(&mut *tx).await?;
+            plan.extend(lines.into_iter().map(|line| format!("{name}: {line}")));
+        }
+        tx.rollback().await?;
+        Ok(plan.join("\n"))
+    }
+
     /// Closes the pool, waiting for connections in use to come back.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -1445,6 +1445,31 @@ mod postgres_only {
     }
 
     #[tokio::test]
+    async fn the_due_work_queries_can_range_scan_the_partial_indexes() {
+        let Some((store, _schema)) = support::postgres_store().await else {
+            return;
+        };
+        let plan = store.explain_due_queries().await.unwrap();
+        for (query, index) in [
+            ("claim_due", "connections_due"),
+            ("next_due_at", "connections_due"),
+            ("claim_deliveries", "deliveries_due"),
+            ("next_delivery_due_at", "deliveries_due"),
+        ] {
+            let lines: Vec<_> = plan.lines().filter(|l| l.starts_with(&format!("{query}:"))).collect();
+            assert!(
+                lines.iter().any(|l| l.contains(&format!("using {index}"))),
+                "{query} does not use {index}:\n{plan}"
+            );
+        }
+        let claim: Vec<_> = plan.lines().filter(|l| l.starts_with("claim_deliveries:")).collect();
+        assert!(
+            claim.iter().any(|l| l.contains("deliveries_channel")),
+            "the claim's order check does not use deliveries_channel:\n{plan}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_url_that_is_not_postgres_is_refused() {
         let refused = PgStore::connect("sqlite://thermos.db", PgOptions::default()).await;
         assert!(matches!(refused, Err(StoreError::Database(_))), "{refused:?}");

@@ -23,22 +23,12 @@ use crate::StoreResult;
 use crate::outbox::{DeliveryAttempt, DeliveryNext, DeliveryRecord, DeliveryStatus};
 
 /// When the dispatcher next has work.
-const SELECT_NEXT_DUE: &str = "SELECT next_attempt_at FROM deliveries \
+pub(super) const SELECT_NEXT_DUE: &str = "SELECT next_attempt_at FROM deliveries \
      WHERE status = 'pending' AND head ORDER BY next_attempt_at LIMIT 1";
 
-/// Leases up to `page` claimable deliveries to `owner` — pending channel
-/// heads, due, unleased or with an expired lease, with no earlier pending
-/// delivery in their channel, earliest id first — moving their
-/// `next_attempt_at` to `lease_until`; returns them as they were before. One
-/// statement; rows another claimer holds are skipped (`SKIP LOCKED`).
-pub(super) async fn claim(
-    store: &PgStore,
-    owner: &str,
-    now: OffsetDateTime,
-    lease_until: OffsetDateTime,
-    page: u32,
-) -> StoreResult<Vec<DeliveryRecord>> {
-    let sql = format!(
+/// The claim statement. `$1` now, `$2` limit, `$3` owner, `$4` lease end.
+pub(super) fn claim_sql() -> String {
+    format!(
         "WITH picked AS ( \
            SELECT d.id, d.next_attempt_at FROM deliveries d \
            WHERE d.status = 'pending' AND d.head AND d.next_attempt_at <= $1 \
@@ -54,7 +44,22 @@ pub(super) async fn claim(
              d.delivered_at) \
          SELECT {DELIVERY_COLUMNS} FROM claimed d JOIN events e ON e.seq = d.event_seq ORDER BY d.id",
         same_channel("p", "d.webhook_id", "d.connection_id")
-    );
+    )
+}
+
+/// Leases up to `page` claimable deliveries to `owner` — pending channel
+/// heads, due, unleased or with an expired lease, with no earlier pending
+/// delivery in their channel, earliest id first — moving their
+/// `next_attempt_at` to `lease_until`; returns them as they were before. One
+/// statement; rows another claimer holds are skipped (`SKIP LOCKED`).
+pub(super) async fn claim(
+    store: &PgStore,
+    owner: &str,
+    now: OffsetDateTime,
+    lease_until: OffsetDateTime,
+    page: u32,
+) -> StoreResult<Vec<DeliveryRecord>> {
+    let sql = claim_sql();
     sqlx::query(&sql)
         .bind(ms(now))
         .bind(limit(page))

@@ -16,9 +16,21 @@ use super::{PgStore, limit};
 use crate::{Claim, ConnectionRecord, StoreResult};
 
 /// The earliest due time among scheduled connections.
-const SELECT_NEXT_DUE: &str = "SELECT next_refresh_at FROM connections \
+pub(super) const SELECT_NEXT_DUE: &str = "SELECT next_refresh_at FROM connections \
      WHERE status IN ('active', 'failing') AND next_refresh_at IS NOT NULL \
      ORDER BY next_refresh_at LIMIT 1";
+
+/// Leases due, unleased, scheduled connections, earliest first. `$1` now,
+/// `$2` limit, `$3` owner, `$4` lease end.
+pub(super) const CLAIM_DUE: &str = "WITH due AS ( \
+       SELECT id, next_refresh_at FROM connections \
+       WHERE status IN ('active', 'failing') AND next_refresh_at <= $1 \
+         AND (lease_until IS NULL OR lease_until <= $1) \
+       ORDER BY next_refresh_at LIMIT $2 \
+       FOR UPDATE SKIP LOCKED) \
+     UPDATE connections c SET lease_owner = $3, lease_until = $4, next_refresh_at = $4, updated_at = $1 \
+     FROM due WHERE c.id = due.id \
+     RETURNING c.*, due.next_refresh_at AS planned_refresh_at";
 
 /// The earliest `next_refresh_at` among scheduled connections.
 pub(super) async fn next_due_at(store: &PgStore) -> StoreResult<Option<OffsetDateTime>> {
@@ -35,16 +47,7 @@ pub(super) async fn claim_due(
     lease_until: OffsetDateTime,
     page: u32,
 ) -> StoreResult<Vec<ConnectionRecord>> {
-    const CLAIM: &str = "WITH due AS ( \
-           SELECT id, next_refresh_at FROM connections \
-           WHERE status IN ('active', 'failing') AND next_refresh_at <= $1 \
-             AND (lease_until IS NULL OR lease_until <= $1) \
-           ORDER BY next_refresh_at LIMIT $2 \
-           FOR UPDATE SKIP LOCKED) \
-         UPDATE connections c SET lease_owner = $3, lease_until = $4, next_refresh_at = $4, updated_at = $1 \
-         FROM due WHERE c.id = due.id \
-         RETURNING c.*, due.next_refresh_at AS planned_refresh_at";
-    let rows = sqlx::query(CLAIM)
+    let rows = sqlx::query(CLAIM_DUE)
         .bind(ms(now))
         .bind(limit(page))
         .bind(owner)
