@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::engine::upkeep::Sweep;
 use crate::engine::{Engine, EngineSettings};
 use crate::outbox::alerts::{Aggregator, AlertSettings};
 use crate::outbox::dispatch::{AlertChannel, DispatchSettings, Dispatcher};
@@ -78,6 +79,7 @@ pub fn engine_settings(config: &Config, owner: String) -> EngineSettings {
             .as_ref()
             .map_or(crate::engine::events::DEFAULT_ESCALATE_AFTER, |a| a.escalate_after),
         failure_threshold: config.refresh.failure_threshold,
+        run_stale_after: config.runs.stale_after,
     }
 }
 
@@ -96,6 +98,8 @@ pub struct Application {
     aggregator: Option<Arc<Aggregator>>,
     state: AppState,
     engine_enabled: bool,
+    /// `[runs]`: the sweep and stale marking.
+    runs: crate::config::RunsConfig,
     grace: Duration,
     /// Held while this instance serves the database file.
     _instance_lock: std::fs::File,
@@ -155,6 +159,7 @@ impl Application {
             aggregator,
             state,
             engine_enabled: config.engine.enabled,
+            runs: config.runs.clone(),
             grace: config.refresh.request_timeout + SHUTDOWN_GRACE_EXTRA,
             _instance_lock: instance_lock,
         })
@@ -223,6 +228,19 @@ impl Application {
             None
         };
         let outbox_tasks = self.spawn_outbox(&cancel);
+        let upkeep_task = {
+            // Only an instance that runs the engine sweeps; any marks stale runs.
+            let sweep = self
+                .runs
+                .sweep_every
+                .filter(|_| self.engine_enabled)
+                .map(|every| Sweep {
+                    every,
+                    overdue_by: self.runs.sweep_overdue_by,
+                });
+            let (engine, cancel) = (self.engine.clone(), cancel.clone());
+            tokio::spawn(async move { engine.drive_upkeep(sweep, cancel).await })
+        };
         let router = api::router(self.state.clone());
         let server_cancel = cancel.clone();
         tracing::info!(listen = %self.local_addr(), engine = self.engine_enabled, "thermos is serving");
@@ -243,6 +261,7 @@ impl Application {
         for task in outbox_tasks {
             let _ = task.await;
         }
+        let _ = upkeep_task.await;
         tracing::info!("thermos stopped");
         result
     }

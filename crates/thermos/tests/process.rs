@@ -74,6 +74,14 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    /// A failed test must not leave a server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
     let mut request = http.request(method, url).bearer_auth(ADMIN_KEY);
     if let Some(body) = body {
@@ -621,4 +629,62 @@ async fn connections_reset_repairs_only_the_matching_connections_and_only_when_c
     assert!(ok && out.contains("reset 2 of 2"), "{out}");
     assert_eq!(app.statuses().await.get("active"), Some(&5));
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_run_whose_process_is_killed_is_marked_stale_after_a_restart() {
+    // Slow answers: the run's first batch hangs for seconds, so the kill
+    // lands mid-batch (the heartbeat must beat during a batch, too).
+    let provider = TestProvider::start(ProviderOptions {
+        latency: Duration::from_secs(3),
+        ..ProviderOptions::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &provider);
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("\n[runs]\nstale_after = \"2s\"\n");
+    std::fs::write(&config, toml).unwrap();
+    let http = reqwest::Client::new();
+    let mut server = Server::start(&config, dir.path().join("run1.log")).await;
+    let grants: Vec<_> = (0..40).map(|_| provider.issue_grant()).collect();
+    import_all(&http, &server.base, &grants, 3600).await;
+    server.terminate();
+
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_thermos"))
+        .args(["--config", config.to_str().unwrap(), "refresh", "--provider", PROVIDER])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start thermos refresh");
+    let loaded = thermos::config::Config::load_from(Some(&config), std::env::vars()).unwrap();
+    let store = thermos::app::open_store(&loaded).await.unwrap();
+    let beating = eventually(Duration::from_secs(20), || async {
+        let runs = store.list_runs(10).await.unwrap();
+        runs.first().is_some_and(|run| {
+            run.status == thermos_store::run::RunStatus::Running && run.heartbeat_at > run.started_at
+        })
+    })
+    .await;
+    assert!(beating, "no running run with a heartbeat");
+    let before_kill = store.list_runs(1).await.unwrap().remove(0);
+    assert!(before_kill.counts.succeeded < 40, "the run ended before the kill");
+    let run_id = before_kill.id.clone();
+    cli.kill().expect("SIGKILL");
+    let _ = cli.wait();
+
+    let mut server = Server::start(&config, dir.path().join("run2.log")).await;
+    let path = format!("{}/v1/runs/{run_id}", server.base);
+    let marked = eventually(Duration::from_secs(20), || async {
+        call(&http, reqwest::Method::GET, path.clone(), None).await.1["status"] == "failed"
+    })
+    .await;
+    let (_, run) = call(&http, reqwest::Method::GET, path.clone(), None).await;
+    assert!(marked, "the dead run stayed running: {run}");
+    assert_eq!(
+        (&run["stale"], &run["trigger"]),
+        (&json!(true), &json!("manual")),
+        "{run}"
+    );
+    server.terminate();
 }

@@ -1,6 +1,6 @@
 //! Bulk refresh runs end to end: `POST /v1/runs` over many connections,
 //! outcomes counted and judged against the failure threshold, stale runs
-//! marked after a restart.
+//! marked by a serving instance, the sweep.
 
 mod common;
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{AppOptions, PROVIDER, TestApp, eventually, spawn_app_with};
 use serde_json::{Value, json};
+use thermos::engine::upkeep::Sweep;
 use thermos_store::run::{NewRun, RunStatus};
 
 async fn manual_app() -> TestApp {
@@ -72,24 +73,108 @@ async fn a_run_over_200_connections_with_5_percent_failing_ends_succeeded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_running_run_whose_heartbeat_stopped_is_marked_stale() {
-    let app = manual_app().await;
+async fn a_serving_instance_marks_a_run_whose_heartbeat_stopped_stale_on_its_own() {
+    let app = spawn_app_with(AppOptions {
+        manual_clock: true,
+        extra_toml: "[runs]\nstale_after = \"1s\"\n".into(),
+        ..AppOptions::default()
+    })
+    .await;
     let now = app.engine.now();
     let store = app.engine.store();
-    let dead = NewRun {
-        id: "run_dead".into(),
+    let run = |id: &str, started_ago: u64| NewRun {
+        id: id.into(),
         trigger: "manual".into(),
         filter: json!({}),
         failure_threshold: 0.1,
         owner: "a-dead-process".into(),
-        started_at: now - Duration::from_secs(600),
+        started_at: now - Duration::from_secs(started_ago),
     };
-    store.insert_run(dead).await.unwrap();
-    assert_eq!(app.engine.mark_stale_runs().await.unwrap(), 1);
-    let run = store.get_run("run_dead").await.unwrap().unwrap();
-    assert_eq!((run.status, run.stale), (RunStatus::Failed, true));
+    store.insert_run(run("run_dead", 600)).await.unwrap();
+    store.insert_run(run("run_alive", 0)).await.unwrap();
+    // No call here: the instance's upkeep marks it, every half `stale_after`.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.get("/v1/runs/run_dead").await.1["status"] == "failed"
+        })
+        .await,
+        "the dead run was never marked"
+    );
     let (_, shown) = app.get("/v1/runs/run_dead").await;
     assert_eq!((&shown["status"], &shown["stale"]), (&json!("failed"), &json!(true)));
+    let alive = store.get_run("run_alive").await.unwrap().unwrap();
+    assert_eq!(
+        (alive.status, alive.stale),
+        (RunStatus::Running, false),
+        "a fresh heartbeat is not stale"
+    );
+    app.stop().await;
+}
+
+/// An app (scheduler off) with three connections: two whose planned
+/// refresh the clock has left 100 s or more behind, one due in an hour.
+async fn app_with_two_overdue() -> (TestApp, Vec<String>) {
+    let app = manual_app().await;
+    let mut ids = Vec::new();
+    for (i, expires_in) in [600, 600, 7200].into_iter().enumerate() {
+        let grant = app.provider.issue_grant();
+        ids.push(app.import(&grant, &format!("user-{i}"), expires_in).await);
+    }
+    app.clock().advance(Duration::from_secs(400));
+    (app, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sweep_refreshes_only_the_overdue_connections_and_records_nothing_when_none_are() {
+    let (app, ids) = app_with_two_overdue().await;
+    let run = app
+        .engine
+        .sweep(Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("two are overdue");
+    assert_eq!((run.trigger.as_str(), run.status), ("sweep", RunStatus::Succeeded));
+    assert_eq!((run.counts.total, run.counts.succeeded), (2, 2), "{run:?}");
+    assert_eq!(run.filter["overdue_by_seconds"], json!(60));
+    assert_eq!(app.provider.token_call_log().len(), 2);
+    for (id, refreshed) in ids.iter().zip([1, 1, 0]) {
+        assert_eq!(app.connection(id).await["refresh_count"], json!(refreshed), "{id}");
+    }
+
+    assert!(app.engine.sweep(Duration::from_secs(60)).await.unwrap().is_none());
+    assert_eq!(app.get("/v1/runs").await.1["data"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_upkeep_sweeps_on_its_schedule() {
+    let (app, ids) = app_with_two_overdue().await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let sweep = Sweep {
+        every: Duration::from_millis(100),
+        overdue_by: Duration::from_secs(60),
+    };
+    let upkeep = tokio::spawn({
+        let (engine, cancel) = (app.engine.clone(), cancel.clone());
+        async move { engine.drive_upkeep(Some(sweep), cancel).await }
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.get("/v1/runs").await.1["data"][0]["status"] == "succeeded"
+        })
+        .await,
+        "no sweep ran"
+    );
+    cancel.cancel();
+    upkeep.await.unwrap();
+    let (_, runs) = app.get("/v1/runs").await;
+    assert_eq!(
+        runs["data"].as_array().unwrap().len(),
+        1,
+        "later sweeps found nothing: {runs}"
+    );
+    assert_eq!(runs["data"][0]["trigger"], "sweep");
+    assert_eq!(app.connection(&ids[0]).await["refresh_count"], json!(1));
     app.stop().await;
 }
 

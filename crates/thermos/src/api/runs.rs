@@ -36,6 +36,7 @@ pub struct StartRun {
     pub project: Option<String>,
     pub status: Option<String>,
     pub expiring_within_seconds: Option<u64>,
+    pub overdue_by_seconds: Option<u64>,
     pub connection_ids: Option<Vec<String>>,
     pub failure_threshold: Option<f64>,
 }
@@ -125,6 +126,7 @@ impl StartRun {
             project,
             status,
             expiring_within: self.expiring_within_seconds.map(Duration::from_secs),
+            overdue_by: self.overdue_by_seconds.map(Duration::from_secs),
             connection_ids,
         };
         Ok((filter, threshold))
@@ -211,6 +213,7 @@ pub fn start_run_schema() -> serde_json::Value {
             "project": {"type": ["string", "null"]},
             "status": {"type": ["string", "null"], "enum": ["active", "failing", "needs_reauth", "disabled", null]},
             "expiring_within_seconds": {"type": ["integer", "null"]},
+            "overdue_by_seconds": {"type": ["integer", "null"], "description": "only connections whose planned refresh is at least this late"},
             "connection_ids": {"type": ["array", "null"], "items": {"type": "string"}},
             "failure_threshold": {"type": ["number", "null"], "description": "share of failed attempts above which the run fails (default: refresh.failure_threshold, 0.1)"},
         },

@@ -1,8 +1,9 @@
 //! `thermos refresh`: a bulk refresh run, in this process, against the
 //! store — no server needed. A running server is no obstacle: the leases
 //! decide who refreshes a connection, and single flight applies here too.
-//! Prints a progress line at most once a second, then the counts and the
-//! failures by code; exits non-zero when the run failed.
+//! Shows a progress bar on a terminal (a progress line at most once a
+//! second otherwise), then the counts and the failures by code; exits
+//! non-zero when the run failed.
 //!
 //! Read next: `engine/run.rs` (what a run does).
 
@@ -10,8 +11,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::io::IsTerminal as _;
+
 use anyhow::{Context as _, bail};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use thermos_core::id::ConnectionId;
 use thermos_core::status::ConnectionStatus;
 use thermos_store::run::{RunCounts, RunRecord, RunStatus};
@@ -37,6 +41,9 @@ pub struct RefreshArgs {
     /// Only connections whose access token expires within this (e.g. 1h).
     #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
     expiring_within: Option<Duration>,
+    /// Only connections whose planned refresh is at least this late (e.g. 1m).
+    #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
+    overdue_by: Option<Duration>,
     /// Only these connections (repeat the flag).
     #[arg(long = "connection", value_name = "ID", value_parser = parse_connection_id)]
     connections: Vec<ConnectionId>,
@@ -70,20 +77,16 @@ pub async fn run(config: &Config, args: RefreshArgs) -> anyhow::Result<()> {
         project: args.project,
         status: args.status,
         expiring_within: args.expiring_within,
+        overdue_by: args.overdue_by,
         connection_ids: args.connections,
     };
     let engine = build_engine(config).await?;
     let run = engine.create_run(&filter, "manual", threshold).await?;
     eprintln!("run {} started", run.id);
-    let last = Mutex::new(Instant::now());
-    let progress = |counts: &RunCounts| {
-        let mut last = last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if last.elapsed() >= Duration::from_secs(1) {
-            *last = Instant::now();
-            eprintln!("{}", progress_line(counts));
-        }
-    };
-    let finished = engine.execute_run(run, filter, progress).await?;
+    let progress = Progress::new();
+    let finished = engine.execute_run(run, filter, |counts| progress.update(counts)).await;
+    progress.finish();
+    let finished = finished?;
     print_summary(&finished);
     if finished.status != RunStatus::Succeeded {
         bail!("run {} {}", finished.id, finished.status.as_str());
@@ -111,11 +114,66 @@ async fn build_engine(config: &Config) -> anyhow::Result<Engine> {
     Ok(engine)
 }
 
+/// A run's progress on stderr: a bar on a terminal, else a line at most
+/// once a second (logs and pipes stay readable).
+enum Progress {
+    Bar(ProgressBar),
+    Lines(Mutex<Instant>),
+}
+
+impl Progress {
+    fn new() -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self::Lines(Mutex::new(Instant::now()));
+        }
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg} (eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Self::Bar(bar)
+    }
+
+    fn update(&self, counts: &RunCounts) {
+        match self {
+            Self::Bar(bar) => {
+                bar.set_length(counts.total);
+                bar.set_position(done(counts));
+                bar.set_message(format!(
+                    "{} succeeded, {} failed, {} skipped",
+                    counts.succeeded, counts.failed, counts.skipped
+                ));
+            }
+            Self::Lines(last) => {
+                let mut last = last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if last.elapsed() >= Duration::from_secs(1) {
+                    *last = Instant::now();
+                    eprintln!("{}", progress_line(counts));
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Self::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn done(counts: &RunCounts) -> u64 {
+    counts.succeeded + counts.failed + counts.skipped
+}
+
 fn progress_line(counts: &RunCounts) -> String {
-    let done = counts.succeeded + counts.failed + counts.skipped;
     format!(
-        "{done}/{} done: {} succeeded, {} failed, {} skipped",
-        counts.total, counts.succeeded, counts.failed, counts.skipped
+        "{}/{} done: {} succeeded, {} failed, {} skipped",
+        done(counts),
+        counts.total,
+        counts.succeeded,
+        counts.failed,
+        counts.skipped
     )
 }
 

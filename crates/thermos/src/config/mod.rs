@@ -62,6 +62,11 @@ pub const DEFAULT_ALERT_WINDOW: Duration = crate::outbox::alerts::DEFAULT_WINDOW
 /// Default time delivered and failed webhook deliveries are kept (`outbox.retention`).
 pub const DEFAULT_OUTBOX_RETENTION: Duration = crate::outbox::dispatch::DEFAULT_RETENTION;
 
+/// Default lateness from which the sweep takes a connection (`runs.sweep_overdue_by`).
+pub const DEFAULT_SWEEP_OVERDUE_BY: Duration = Duration::from_secs(60);
+/// Default heartbeat age after which a running run is stale (`runs.stale_after`).
+pub const DEFAULT_RUN_STALE_AFTER: Duration = Duration::from_secs(60);
+
 /// Default `service.name` of exported traces (`telemetry.service_name`).
 pub const DEFAULT_SERVICE_NAME: &str = "thermos";
 /// Default share of traces exported (`telemetry.sample_ratio`).
@@ -86,6 +91,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// `[engine]`.
     pub engine: EngineConfig,
+    /// `[runs]`.
+    pub runs: RunsConfig,
     /// `[telemetry]`.
     pub telemetry: TelemetryConfig,
 }
@@ -186,6 +193,30 @@ impl Default for OutboxConfig {
 pub struct EngineConfig {
     /// False for an API-only instance: it serves tokens and refreshes only on demand.
     pub enabled: bool,
+}
+
+/// `[runs]`: the scheduled sweep and the detection of runs whose process died.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunsConfig {
+    /// How often a sweep run refreshes the connections the scheduler left
+    /// overdue (a safety net); `None` (the default) runs no sweep.
+    pub sweep_every: Option<Duration>,
+    /// A sweep takes the connections whose planned refresh is at least this
+    /// late.
+    pub sweep_overdue_by: Duration,
+    /// A running run whose heartbeat is older than this is marked stale
+    /// (its process died); it beats at a quarter of this.
+    pub stale_after: Duration,
+}
+
+impl Default for RunsConfig {
+    fn default() -> Self {
+        Self {
+            sweep_every: None,
+            sweep_overdue_by: DEFAULT_SWEEP_OVERDUE_BY,
+            stale_after: DEFAULT_RUN_STALE_AFTER,
+        }
+    }
 }
 
 /// `[telemetry]`: OpenTelemetry traces (needs a build with the `otel` feature).
@@ -393,6 +424,7 @@ impl Default for Config {
             alerts: None,
             outbox: OutboxConfig::default(),
             engine: EngineConfig { enabled: true },
+            runs: RunsConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -409,6 +441,7 @@ impl fmt::Debug for Config {
             .field("alerts", &self.alerts)
             .field("outbox", &self.outbox)
             .field("engine", &self.engine)
+            .field("runs", &self.runs)
             .field("telemetry", &self.telemetry)
             .finish()
     }

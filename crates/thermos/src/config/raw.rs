@@ -37,6 +37,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub engine: RawEngine,
     #[serde(default)]
+    pub runs: RawRuns,
+    #[serde(default)]
     pub telemetry: RawTelemetry,
 }
 
@@ -50,6 +52,7 @@ pub(super) const ENV_SECTIONS: &[&str] = &[
     "alerts",
     "outbox",
     "engine",
+    "runs",
     "telemetry",
 ];
 
@@ -133,6 +136,15 @@ pub(super) struct RawOutbox {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEngine {
     pub enabled: Option<Scalar>,
+}
+
+/// `[runs]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRuns {
+    pub sweep_every: Option<Scalar>,
+    pub sweep_overdue_by: Option<Scalar>,
+    pub stale_after: Option<Scalar>,
 }
 
 /// `[telemetry]`.

@@ -587,10 +587,43 @@ fn the_settings_commented_out_in_the_example_are_valid_too() {
     assert_eq!(alerts.escalate_after, 3);
     assert_eq!(alerts.window, Duration::from_secs(60));
     assert_eq!(config.server.public_url.as_str(), "https://thermos.example.com/");
+    assert_eq!(config.runs.sweep_every, Some(Duration::from_secs(15 * 60)));
     if cfg!(feature = "otel") {
         let endpoint = config.telemetry.otlp_endpoint.map(String::from);
         assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:4318/"));
     }
+}
+
+#[test]
+fn runs_default_to_no_sweep_and_a_minute_of_silence_before_stale() {
+    let config = Config::from_toml_str("").unwrap();
+    assert_eq!(config.runs.sweep_every, None);
+    assert_eq!(config.runs.sweep_overdue_by, Duration::from_secs(60));
+    assert_eq!(config.runs.stale_after, Duration::from_secs(60));
+    let config = Config::load_from(
+        None,
+        env(&[
+            ("THERMOS_RUNS__SWEEP_EVERY", "10m"),
+            ("THERMOS_RUNS__STALE_AFTER", "2s"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.runs.sweep_every, Some(Duration::from_secs(600)));
+    assert_eq!(config.runs.stale_after, Duration::from_secs(2));
+}
+
+#[test]
+fn a_too_frequent_sweep_or_a_bad_stale_after_is_reported_with_its_key() {
+    let toml = "[runs]\nsweep_every = \"10s\"\nsweep_overdue_by = 5\nstale_after = \"100ms\"\n";
+    let found = problems(Config::from_toml_str(toml));
+    assert_eq!(
+        found,
+        [
+            "runs.sweep_every: must be at least 1m (got 10s)",
+            "runs.sweep_overdue_by: expected a duration with a unit, like \"30s\" or \"5m\" (got 5)",
+            "runs.stale_after: must be at least 1s (got 100ms)",
+        ]
+    );
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub mod run;
 mod scheduler;
 mod stats;
 mod token;
+pub mod upkeep;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -93,6 +94,9 @@ pub struct EngineSettings {
     pub escalate_after: u32,
     /// Share of failed attempts above which a bulk run fails (default for runs).
     pub failure_threshold: f64,
+    /// A running run whose heartbeat is older than this is stale; runs beat
+    /// at a quarter of it.
+    pub run_stale_after: Duration,
 }
 
 impl EngineSettings {

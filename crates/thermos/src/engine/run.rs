@@ -3,14 +3,21 @@
 //! A run selects its connections (bounded pages of `list_connections`, or
 //! the ids it names), refreshes them in batches through the single-flight
 //! path at background priority (so a run never sends a refresh token twice at once, and provider
-//! limits apply inside), counts the outcomes, beats its heartbeat after each
-//! batch (where it also notices a cancellation) and ends `succeeded` or
+//! limits apply inside), counts the outcomes, records them after each batch
+//! (where it also notices a cancellation), beats its heartbeat at a quarter
+//! of `stale_after` even while a batch hangs, and ends `succeeded` or
 //! `failed` (more than `failure_threshold` of the attempts failed), its
 //! `run.*` event committed with the end. It never decides a connection's
 //! state: each refresh does, as any forced refresh would.
 //!
+//! The scheduled sweep ([`Engine::sweep`]) is a run over the connections
+//! whose planned refresh is overdue: a safety net that records a run only
+//! when it finds something.
+//!
 //! Read next: `flight.rs` (single flight), `api/runs.rs`, `cli/refresh.rs`.
 
+use std::convert::Infallible;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -28,8 +35,6 @@ use super::{Engine, Trigger, events};
 pub const RUN_BATCH: usize = 16;
 /// Most connections one run selects.
 pub const MAX_RUN_CONNECTIONS: usize = 100_000;
-/// A running run whose heartbeat is older than this is stale (its process died).
-pub const STALE_AFTER: Duration = Duration::from_secs(60);
 /// Connections read per page while selecting.
 const SELECT_PAGE: u32 = 500;
 
@@ -41,6 +46,8 @@ pub struct RunFilter {
     pub status: Option<ConnectionStatus>,
     /// Only connections whose access token expires within this.
     pub expiring_within: Option<Duration>,
+    /// Only connections whose planned refresh is at least this late.
+    pub overdue_by: Option<Duration>,
     /// Only these connections (all matching ones when empty).
     pub connection_ids: Vec<ConnectionId>,
 }
@@ -53,6 +60,7 @@ impl RunFilter {
             "project": self.project,
             "status": self.status.map(|s| s.as_str()),
             "expiring_within_seconds": self.expiring_within.map(|d| d.as_secs()),
+            "overdue_by_seconds": self.overdue_by.map(|d| d.as_secs()),
             "connection_ids": self.connection_ids.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })
     }
@@ -64,6 +72,9 @@ impl RunFilter {
             && self
                 .expiring_within
                 .is_none_or(|within| record.expires_at <= now + within)
+            && self.overdue_by.is_none_or(|late| {
+                record.status.is_scheduled() && record.next_refresh_at.is_some_and(|due| due <= now - late)
+            })
     }
 
     /// Whether a run attempts `record`: a connection that needs reauth or
@@ -72,6 +83,19 @@ impl RunFilter {
     fn attempts(&self, record: &ConnectionRecord) -> bool {
         record.status.is_scheduled() || self.status == Some(record.status)
     }
+}
+
+/// How a run's batches ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Done,
+    Cancelled,
+    /// The run is no longer `running` (marked stale, say): leave it as it is.
+    Elsewhere,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What one refresh of a run ended with.
@@ -116,15 +140,41 @@ impl Engine {
         Ok(run)
     }
 
-    /// Marks running runs whose heartbeat is older than [`STALE_AFTER`] as
+    /// Marks running runs whose heartbeat is older than `stale_after` as
     /// failed and stale; returns how many.
     pub async fn mark_stale_runs(&self) -> StoreResult<u64> {
         let now = self.now();
-        let marked = self.store().mark_stale_runs(now - STALE_AFTER, now).await?;
+        let marked = self
+            .store()
+            .mark_stale_runs(now - self.settings().run_stale_after, now)
+            .await?;
         if marked > 0 {
             tracing::warn!(runs = marked, "runs whose process died were marked stale");
         }
         Ok(marked)
+    }
+
+    /// One sweep: a `sweep` run over the scheduled connections whose planned
+    /// refresh is at least `overdue_by` late. Records nothing and returns
+    /// `None` when there are none (the scheduler is keeping up).
+    pub async fn sweep(&self, overdue_by: Duration) -> StoreResult<Option<RunRecord>> {
+        let filter = RunFilter {
+            overdue_by: Some(overdue_by),
+            ..RunFilter::default()
+        };
+        let ids = self.select(&filter).await?;
+        if ids.is_empty() {
+            tracing::debug!("sweep found no overdue connection");
+            return Ok(None);
+        }
+        tracing::warn!(
+            connections = ids.len(),
+            "sweep found overdue connections; refreshing them"
+        );
+        let run = self
+            .create_run(&filter, "sweep", self.settings().failure_threshold)
+            .await?;
+        self.work_run(run, filter, ids, |_| {}).await.map(Some)
     }
 
     /// Works through `run` to its end, calling `progress` after each batch;
@@ -137,45 +187,68 @@ impl Engine {
         progress: impl Fn(&RunCounts),
     ) -> StoreResult<RunRecord> {
         let ids = self.select(&filter).await?;
-        let mut counts = RunCounts {
-            total: ids.len() as u64,
-            ..RunCounts::default()
-        };
-        let mut failures = FailuresByCode::new();
-        let mut cancelled = false;
-        for batch in ids.chunks(RUN_BATCH) {
-            let outcomes = join_all(
-                batch
-                    .iter()
-                    .map(|&(id, attempt)| async move { if attempt { self.tally(id).await } else { Tally::Skipped } }),
-            )
-            .await;
-            for outcome in outcomes {
-                match outcome {
-                    Tally::Succeeded => counts.succeeded += 1,
-                    Tally::Skipped => counts.skipped += 1,
-                    Tally::Failed(code) => {
-                        counts.failed += 1;
-                        *failures.entry(code).or_default() += 1;
+        self.work_run(run, filter, ids, progress).await
+    }
+
+    /// The batches of a run, with its heartbeat beating beside them.
+    async fn work_run(
+        &self,
+        run: RunRecord,
+        filter: RunFilter,
+        ids: Vec<(ConnectionId, bool)>,
+        progress: impl Fn(&RunCounts),
+    ) -> StoreResult<RunRecord> {
+        let tally = Mutex::new((
+            RunCounts {
+                total: ids.len() as u64,
+                ..RunCounts::default()
+            },
+            FailuresByCode::new(),
+        ));
+        let batches = async {
+            for batch in ids.chunks(RUN_BATCH) {
+                let outcomes =
+                    join_all(batch.iter().map(|&(id, attempt)| async move {
+                        if attempt { self.tally(id).await } else { Tally::Skipped }
+                    }))
+                    .await;
+                let (counts, failures) = {
+                    let mut tally = lock(&tally);
+                    for outcome in outcomes {
+                        match outcome {
+                            Tally::Succeeded => tally.0.succeeded += 1,
+                            Tally::Skipped => tally.0.skipped += 1,
+                            Tally::Failed(code) => {
+                                tally.0.failed += 1;
+                                *tally.1.entry(code).or_default() += 1;
+                            }
+                        }
                     }
+                    tally.clone()
+                };
+                progress(&counts);
+                match self
+                    .store()
+                    .update_run_progress(&run.id, counts, failures, self.now())
+                    .await?
+                {
+                    None => return Ok(Ended::Elsewhere),
+                    Some(current) if current.cancel_requested => return Ok(Ended::Cancelled),
+                    Some(_) => {}
                 }
             }
-            progress(&counts);
-            let beat = self
-                .store()
-                .update_run_progress(&run.id, counts, failures.clone(), self.now())
-                .await?;
-            match beat {
-                None => return Ok(self.store().get_run(&run.id).await?.unwrap_or(run)),
-                Some(current) if current.cancel_requested => {
-                    cancelled = true;
-                    break;
-                }
-                Some(_) => {}
-            }
+            StoreResult::Ok(Ended::Done)
+        };
+        let ended = tokio::select! {
+            ended = batches => ended?,
+            never = self.beat(&run.id, &tally) => match never {},
+        };
+        if ended == Ended::Elsewhere {
+            return Ok(self.store().get_run(&run.id).await?.unwrap_or(run));
         }
+        let (counts, failures) = lock(&tally).clone();
         let attempted = counts.succeeded + counts.failed;
-        let status = if cancelled {
+        let status = if ended == Ended::Cancelled {
             RunStatus::Cancelled
         } else if attempted > 0 && counts.failed as f64 / attempted as f64 > run.failure_threshold {
             RunStatus::Failed
@@ -194,6 +267,26 @@ impl Engine {
         match finished {
             Some(record) => Ok(record),
             None => Ok(self.store().get_run(&run.id).await?.unwrap_or(run)),
+        }
+    }
+
+    /// Beats the run's heartbeat (with its counts so far) at a quarter of
+    /// `stale_after`, forever; a failed beat is logged and retried at the
+    /// next one.
+    async fn beat(&self, run_id: &str, tally: &Mutex<(RunCounts, FailuresByCode)>) -> Infallible {
+        let every = self.settings().run_stale_after / 4;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let (counts, failures) = lock(tally).clone();
+            if let Err(e) = self
+                .store()
+                .update_run_progress(run_id, counts, failures, self.now())
+                .await
+            {
+                tracing::warn!(run_id, error.message = %e, "run heartbeat failed");
+            }
         }
     }
 

@@ -131,7 +131,7 @@ async fn collect(config: &Config) -> Vec<Check> {
         checks.extend(state::scheduler(config, store.as_ref()).await);
         checks.extend(state::failure_rates(config, store.as_ref()).await);
         checks.extend(state::outbox(store.as_ref()).await);
-        checks.extend(state::runs(store.as_ref()).await);
+        checks.extend(state::runs(config, store.as_ref()).await);
     }
     checks
 }

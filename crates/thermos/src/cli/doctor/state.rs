@@ -277,13 +277,12 @@ pub(super) async fn outbox(store: &dyn Store) -> Vec<Check> {
     vec![backlog, failures]
 }
 
-/// A run counts as stuck when its heartbeat is older than this.
-const RUN_STALE_AFTER: time::Duration = time::Duration::seconds(60);
-
-/// Runs still marked `running` whose heartbeat stopped: their process died
-/// (they are marked stale when a server starts) or is hanging.
-pub(super) async fn runs(store: &dyn Store) -> Vec<Check> {
+/// Runs still marked `running` whose heartbeat is older than
+/// `runs.stale_after`: their process died and no serving instance has
+/// marked them stale yet (one does within half that time), or it hangs.
+pub(super) async fn runs(config: &Config, store: &dyn Store) -> Vec<Check> {
     let now = OffsetDateTime::now_utc();
+    let stale_after = config.runs.stale_after;
     match store.list_runs(200).await {
         Err(e) => vec![Check::fail(
             "runs",
@@ -293,21 +292,20 @@ pub(super) async fn runs(store: &dyn Store) -> Vec<Check> {
         Ok(runs) => {
             let stuck: Vec<_> = runs
                 .iter()
-                .filter(|r| {
-                    r.status == thermos_store::run::RunStatus::Running && now - r.heartbeat_at > RUN_STALE_AFTER
-                })
+                .filter(|r| r.status == thermos_store::run::RunStatus::Running && now - r.heartbeat_at > stale_after)
                 .collect();
             match stuck.first() {
                 None => vec![Check::ok("runs", format!("{} recent run(s), none stuck", runs.len()))],
                 Some(oldest) => vec![Check::warn(
                     "runs",
                     format!(
-                        "{} run(s) marked running without a heartbeat for over a minute (e.g. {}, last heartbeat {} ago)",
+                        "{} run(s) marked running without a heartbeat for over {} (e.g. {}, last heartbeat {} ago)",
                         stuck.len(),
+                        humantime::format_duration(stale_after),
                         oldest.id,
                         short_duration((now - oldest.heartbeat_at).whole_seconds())
                     ),
-                    "restart `thermos serve` (it marks them stale) or `thermos runs cancel ID`",
+                    "start `thermos serve` (it marks them stale) or `thermos runs cancel ID`",
                 )],
             }
         }

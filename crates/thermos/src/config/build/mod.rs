@@ -18,18 +18,24 @@ use thermos_core::plan::{
 };
 use url::Url;
 
-use super::raw::{RawAlerts, RawConfig, RawOutbox, RawRefresh, Scalar};
+use super::raw::{RawAlerts, RawConfig, RawOutbox, RawRefresh, RawRuns, Scalar};
 use super::{
     AlertFormat, AlertsConfig, Config, DEFAULT_ADMIN_KEY_ENV, DEFAULT_ALERT_WINDOW, DEFAULT_DATABASE_URL,
     DEFAULT_ESCALATE_AFTER, DEFAULT_FAILURE_THRESHOLD, DEFAULT_LISTEN, DEFAULT_MASTER_KEY_FILE_NAME,
-    DEFAULT_MAX_CONCURRENCY, DEFAULT_OUTBOX_RETENTION, DEFAULT_REQUEST_TIMEOUT, EngineConfig, OutboxConfig, Problem,
-    RefreshConfig, SecurityConfig, ServerConfig,
+    DEFAULT_MAX_CONCURRENCY, DEFAULT_OUTBOX_RETENTION, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RUN_STALE_AFTER,
+    DEFAULT_SWEEP_OVERDUE_BY, EngineConfig, OutboxConfig, Problem, RefreshConfig, RunsConfig, SecurityConfig,
+    ServerConfig,
 };
 
 /// The shortest `alerts.window`.
 const MIN_ALERT_WINDOW: Duration = Duration::from_secs(1);
 /// The shortest `outbox.retention`.
 const MIN_OUTBOX_RETENTION: Duration = Duration::from_secs(3600);
+
+/// The shortest `runs.sweep_every`.
+const MIN_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// The shortest `runs.stale_after`: four heartbeats must fit in it.
+const MIN_RUN_STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// Validates the raw configuration.
 pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<Problem>> {
@@ -93,6 +99,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
     let engine = EngineConfig {
         enabled: c.boolean("engine.enabled", raw.engine.enabled.as_ref(), true),
     };
+    let runs = c.runs(&raw.runs);
     let telemetry = c.telemetry(&raw.telemetry);
 
     if !c.problems.is_empty() {
@@ -107,6 +114,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
         alerts,
         outbox,
         engine,
+        runs,
         telemetry,
     })
 }
@@ -416,6 +424,28 @@ impl Checker {
         );
         OutboxConfig {
             retention: retention.unwrap_or(DEFAULT_OUTBOX_RETENTION),
+        }
+    }
+
+    fn runs(&mut self, raw: &RawRuns) -> RunsConfig {
+        let sweep_every = raw.sweep_every.as_ref().and_then(|every| {
+            self.duration_at_least("runs.sweep_every", Some(every), MIN_SWEEP_EVERY, MIN_SWEEP_EVERY)
+        });
+        let sweep_overdue_by = self.duration(
+            "runs.sweep_overdue_by",
+            raw.sweep_overdue_by.as_ref(),
+            DEFAULT_SWEEP_OVERDUE_BY,
+        );
+        let stale_after = self.duration_at_least(
+            "runs.stale_after",
+            raw.stale_after.as_ref(),
+            DEFAULT_RUN_STALE_AFTER,
+            MIN_RUN_STALE_AFTER,
+        );
+        RunsConfig {
+            sweep_every,
+            sweep_overdue_by: sweep_overdue_by.unwrap_or(DEFAULT_SWEEP_OVERDUE_BY),
+            stale_after: stale_after.unwrap_or(DEFAULT_RUN_STALE_AFTER),
         }
     }
 }
