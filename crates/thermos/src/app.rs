@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use secrecy::SecretString;
 use thermos_core::clock::{Clock, SystemClock};
 use thermos_core::seal::MasterKey;
-use thermos_store::{SqliteStore, Store};
+use thermos_store::{PgOptions, PgStore, SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,9 +31,14 @@ use crate::provider::RefreshClient;
 /// Extra time given to refreshes in flight at shutdown, beyond the request timeout.
 const SHUTDOWN_GRACE_EXTRA: Duration = Duration::from_secs(5);
 
-/// Opens the configured store and applies migrations.
+/// Opens the configured store (SQLite or PostgreSQL, by the URL) and
+/// applies migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(Arc::new(open_sqlite(config).await?))
+    if config.is_postgres() {
+        Ok(Arc::new(open_postgres(config).await?))
+    } else {
+        Ok(Arc::new(open_sqlite(config).await?))
+    }
 }
 
 async fn open_sqlite(config: &Config) -> anyhow::Result<SqliteStore> {
@@ -44,14 +49,32 @@ async fn open_sqlite(config: &Config) -> anyhow::Result<SqliteStore> {
     Ok(store)
 }
 
-/// Opens the store for serving: takes the instance lock (one serving
-/// process per SQLite file) and, since no other instance can be refreshing,
-/// frees the leases a crashed predecessor left behind so their connections
-/// are refreshed at once instead of after the lease expires.
+async fn open_postgres(config: &Config) -> anyhow::Result<PgStore> {
+    let options = PgOptions {
+        max_connections: config.database_pool.max_connections,
+        acquire_timeout: config.database_pool.acquire_timeout,
+        schema: config.database_pool.schema.clone(),
+    };
+    let store = PgStore::connect(&config.database_url, options)
+        .await
+        .with_context(|| format!("open database {}", config.database_url_redacted()))?;
+    store.migrate().await.context("apply database migrations")?;
+    Ok(store)
+}
+
+/// Opens the store for serving. On SQLite: takes the instance lock (one
+/// serving process per file) and, since no other instance can be
+/// refreshing, frees the leases a crashed predecessor left behind so their
+/// connections are refreshed at once instead of after the lease expires. On
+/// PostgreSQL other instances may hold leases: a dead instance's leases
+/// simply expire and its work is claimed by whoever is alive.
 async fn open_serving_store(
     config: &Config,
     now: time::OffsetDateTime,
-) -> anyhow::Result<(Arc<dyn Store>, std::fs::File)> {
+) -> anyhow::Result<(Arc<dyn Store>, Option<std::fs::File>)> {
+    if config.is_postgres() {
+        return Ok((Arc::new(open_postgres(config).await?), None));
+    }
     let store = open_sqlite(config).await?;
     let lock = store.lock_instance()?;
     let released = store
@@ -64,7 +87,7 @@ async fn open_serving_store(
             "released leases left by a previous run that did not stop cleanly; refreshing those connections now"
         );
     }
-    Ok((Arc::new(store), lock))
+    Ok((Arc::new(store), Some(lock)))
 }
 
 /// The engine's settings from the configuration, for lease owner `owner`.
@@ -101,8 +124,8 @@ pub struct Application {
     /// `[runs]`: the sweep and stale marking.
     runs: crate::config::RunsConfig,
     grace: Duration,
-    /// Held while this instance serves the database file.
-    _instance_lock: std::fs::File,
+    /// Held while this instance serves the SQLite database file.
+    _instance_lock: Option<std::fs::File>,
 }
 
 impl Application {

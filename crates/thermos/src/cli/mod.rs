@@ -99,7 +99,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve(config, cli.config).await,
         Command::Migrate => {
             app::open_store(&config).await?;
-            println!("database {} is up to date", config.database_url);
+            println!("database {} is up to date", config.database_url_redacted());
             Ok(())
         }
         Command::Keys(command) => keys::run(&config, command).await,

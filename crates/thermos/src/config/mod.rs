@@ -44,6 +44,10 @@ pub const ENV_PREFIX: &str = "THERMOS_";
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8080));
 /// Default database: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://thermos.db";
+/// Default pool size per instance (`database.max_connections`).
+pub const DEFAULT_POOL_MAX_CONNECTIONS: u32 = 16;
+/// Default wait for a pooled connection (`database.acquire_timeout`).
+pub const DEFAULT_POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// File name of the master key when `security.master_key_file` is not set;
 /// it lives beside the SQLite database file.
 pub const DEFAULT_MASTER_KEY_FILE_NAME: &str = "thermos.key";
@@ -77,8 +81,10 @@ pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
 pub struct Config {
     /// `[server]`.
     pub server: ServerConfig,
-    /// `[database] url`: a `sqlite:` URL.
+    /// `[database] url`: a `sqlite:` or `postgres:` URL.
     pub database_url: String,
+    /// `[database]` pool settings (PostgreSQL).
+    pub database_pool: PoolConfig,
     /// `[security]`.
     pub security: SecurityConfig,
     /// `[refresh]`.
@@ -105,6 +111,30 @@ pub struct ServerConfig {
     /// The public base URL (default `http://{listen}/`). Its path always ends
     /// with `/`, so `public_url.join("oauth/callback")` keeps any prefix.
     pub public_url: Url,
+}
+
+/// `[database]` pool settings; they apply to PostgreSQL (SQLite has one
+/// writer and a few readers on one file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Connections in this instance's pool (at least 2).
+    pub max_connections: u32,
+    /// How long a query waits for a free pooled connection before it fails
+    /// (and `/ready` reports the pool exhausted).
+    pub acquire_timeout: Duration,
+    /// The PostgreSQL schema Thermos's tables live in (created if missing);
+    /// `None`: the server's default search path (`public`).
+    pub schema: Option<String>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_POOL_MAX_CONNECTIONS,
+            acquire_timeout: DEFAULT_POOL_ACQUIRE_TIMEOUT,
+            schema: None,
+        }
+    }
 }
 
 /// `[security]`: where the keys come from.
@@ -409,6 +439,7 @@ impl Default for Config {
                 public_url: build::default_public_url(DEFAULT_LISTEN),
             },
             database_url: DEFAULT_DATABASE_URL.to_owned(),
+            database_pool: PoolConfig::default(),
             security: SecurityConfig {
                 master_key_file: build::key_file_beside(DEFAULT_DATABASE_URL),
                 admin_key_env: DEFAULT_ADMIN_KEY_ENV.to_owned(),
@@ -430,11 +461,30 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The database URL as it may be shown: without its password.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(&self.database_url)
+    }
+
+    /// Whether the database is PostgreSQL (shared by any number of instances)
+    /// rather than a SQLite file (one serving instance).
+    pub fn is_postgres(&self) -> bool {
+        is_postgres_url(&self.database_url)
+    }
+}
+
+/// Whether `url` names a PostgreSQL database.
+pub(crate) fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres:") || url.starts_with("postgresql:")
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("server", &self.server)
             .field("database_url", &redact_url(&self.database_url))
+            .field("database_pool", &self.database_pool)
             .field("security", &self.security)
             .field("refresh", &self.refresh)
             .field("providers", &self.providers)
@@ -464,7 +514,7 @@ impl fmt::Debug for AlertsConfig {
 }
 
 /// A database URL with its password, if any, replaced.
-fn redact_url(raw: &str) -> String {
+pub(crate) fn redact_url(raw: &str) -> String {
     match Url::parse(raw) {
         Ok(mut url) if url.password().is_some() => {
             // Setting a password fails only for URLs that cannot have one,

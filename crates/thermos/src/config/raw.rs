@@ -69,6 +69,9 @@ pub(super) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDatabase {
     pub url: Option<String>,
+    pub max_connections: Option<Scalar>,
+    pub acquire_timeout: Option<Scalar>,
+    pub schema: Option<String>,
 }
 
 /// `[security]`.

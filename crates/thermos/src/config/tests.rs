@@ -331,7 +331,7 @@ fn all_problems_are_reported_at_once_each_naming_its_key() {
         [server]
         listen = "localhost"
         [database]
-        url = "postgres://user:hunter2@db/thermos"
+        url = "mysql://user:hunter2@db/thermos"
         [refresh]
         margin = "5 minuts"
         max_retries = -1
@@ -365,7 +365,7 @@ fn all_problems_are_reported_at_once_each_naming_its_key() {
     let found: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
     for expected in [
         "server.listen: expected an IP address and port",
-        "database.url: PostgreSQL is not supported yet",
+        "database.url: expected a sqlite: or postgres: URL",
         "refresh.margin: invalid duration \"5 minuts\"",
         "refresh.max_retries: must be at least 0 (got -1)",
         "refresh.backoff_initial: must not exceed refresh.backoff_max (10m > 1m)",
@@ -701,4 +701,53 @@ fn the_debug_output_shows_no_password_of_the_otlp_endpoint() {
         }
         Err(e) => assert!(!e.to_string().contains("collector-secret"), "{e}"),
     }
+}
+
+#[test]
+fn a_postgres_url_with_pool_settings_is_accepted_and_shown_without_its_password() {
+    let toml = "[database]\nurl = \"postgres://thermos:hunter2@db:5432/thermos\"\nmax_connections = 32\nacquire_timeout = \"3s\"\nschema = \"thermos_prod\"\n";
+    let config = Config::from_toml_str(toml).unwrap();
+    assert!(config.is_postgres());
+    assert_eq!(config.database_pool.max_connections, 32);
+    assert_eq!(config.database_pool.acquire_timeout, Duration::from_secs(3));
+    assert_eq!(config.database_pool.schema.as_deref(), Some("thermos_prod"));
+    assert!(!config.database_url_redacted().contains("hunter2"));
+    assert!(!format!("{config:?}").contains("hunter2"));
+}
+
+#[test]
+fn bad_database_settings_are_reported_with_their_keys() {
+    let toml = "[database]\nurl = \"mysql://u:secret@h/db\"\nmax_connections = 1\nschema = \"Robert'); DROP\"\n";
+    let found = problems(Config::from_toml_str(toml));
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(
+        has(&found, "database.url: expected a sqlite: or postgres: URL"),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, "database.max_connections: must be at least 2 (got 1)"),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, "database.schema: expected a lowercase SQL name"),
+        "{found:?}"
+    );
+    assert!(found.iter().all(|p| !p.contains("secret")), "{found:?}");
+}
+
+#[test]
+fn with_postgres_and_no_key_none_is_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("thermos.key");
+    let toml = format!(
+        "[database]\nurl = \"postgres://u@h/db\"\n[security]\nmaster_key_file = \"{}\"\n",
+        key_file.display()
+    );
+    let config = Config::from_toml_str(&toml).unwrap();
+    let error = config.load_or_create_master_key_with(None).unwrap_err();
+    assert!(
+        error.to_string().contains("every instance must use the same key"),
+        "{error}"
+    );
+    assert!(!key_file.exists());
 }

@@ -114,7 +114,7 @@ async fn collect(config: &Config) -> Vec<Check> {
         Err(e) => {
             checks.push(Check::fail(
                 "database",
-                format!("cannot open {}: {e:#}", config.database_url),
+                format!("cannot open {}: {e:#}", config.database_url_redacted()),
                 "check [database] url (THERMOS_DATABASE_URL) and the file's permissions, then `thermos migrate`",
             ));
             None

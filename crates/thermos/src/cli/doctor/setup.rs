@@ -20,11 +20,15 @@ pub(super) async fn database(config: &Config, store: &dyn Store) -> Check {
     match store.ping().await {
         Ok(()) => Check::ok(
             "database",
-            format!("{} reachable, migrations applied", config.database_url),
+            format!("{} reachable, migrations applied", config.database_url_redacted()),
         ),
         Err(e) => Check::fail(
             "database",
-            format!("{} does not answer: {}", config.database_url, error_chain(&e)),
+            format!(
+                "{} does not answer: {}",
+                config.database_url_redacted(),
+                error_chain(&e)
+            ),
             "check [database] url and the disk holding it, then `thermos migrate`",
         ),
     }

@@ -18,13 +18,13 @@ use thermos_core::plan::{
 };
 use url::Url;
 
-use super::raw::{RawAlerts, RawConfig, RawOutbox, RawRefresh, RawRuns, Scalar};
+use super::raw::{RawAlerts, RawConfig, RawDatabase, RawOutbox, RawRefresh, RawRuns, Scalar};
 use super::{
     AlertFormat, AlertsConfig, Config, DEFAULT_ADMIN_KEY_ENV, DEFAULT_ALERT_WINDOW, DEFAULT_DATABASE_URL,
     DEFAULT_ESCALATE_AFTER, DEFAULT_FAILURE_THRESHOLD, DEFAULT_LISTEN, DEFAULT_MASTER_KEY_FILE_NAME,
-    DEFAULT_MAX_CONCURRENCY, DEFAULT_OUTBOX_RETENTION, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RUN_STALE_AFTER,
-    DEFAULT_SWEEP_OVERDUE_BY, EngineConfig, OutboxConfig, Problem, RefreshConfig, RunsConfig, SecurityConfig,
-    ServerConfig,
+    DEFAULT_MAX_CONCURRENCY, DEFAULT_OUTBOX_RETENTION, DEFAULT_POOL_ACQUIRE_TIMEOUT, DEFAULT_POOL_MAX_CONNECTIONS,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RUN_STALE_AFTER, DEFAULT_SWEEP_OVERDUE_BY, EngineConfig, OutboxConfig, PoolConfig,
+    Problem, RefreshConfig, RunsConfig, SecurityConfig, ServerConfig,
 };
 
 /// The shortest `alerts.window`.
@@ -32,6 +32,8 @@ const MIN_ALERT_WINDOW: Duration = Duration::from_secs(1);
 /// The shortest `outbox.retention`.
 const MIN_OUTBOX_RETENTION: Duration = Duration::from_secs(3600);
 
+/// The smallest `database.max_connections`: a claim and a commit at once.
+const MIN_POOL_CONNECTIONS: u32 = 2;
 /// The shortest `runs.sweep_every`.
 const MIN_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// The shortest `runs.stale_after`: four heartbeats must fit in it.
@@ -56,6 +58,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
         Some(text) => c.public_url(text).unwrap_or_else(|| default_public_url(listen)),
     };
 
+    let database_pool = c.pool(&raw.database);
     let database_url = match raw.database.url {
         None => DEFAULT_DATABASE_URL.to_owned(),
         Some(url) => {
@@ -108,6 +111,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
     Ok(Config {
         server: ServerConfig { listen, public_url },
         database_url,
+        database_pool,
         security,
         refresh,
         providers,
@@ -177,24 +181,49 @@ impl Checker {
 
     fn database_url(&mut self, url: &str) {
         let key = "database.url";
-        if url.starts_with("sqlite:") {
+        if url.starts_with("sqlite:") || super::is_postgres_url(url) {
             return;
         }
-        let scheme = url.split_once(':').map(|(scheme, _)| scheme);
-        match scheme {
-            Some("postgres" | "postgresql") => self.problem(
-                key,
-                "PostgreSQL is not supported yet (it comes later); use a sqlite: URL such as sqlite://thermos.db",
-            ),
+        const EXPECTED: &str =
+            "expected a sqlite: or postgres: URL such as sqlite://thermos.db or postgres://user@host/db";
+        match url.split_once(':').map(|(scheme, _)| scheme) {
             // Only the scheme is echoed: the rest may hold a password.
-            Some(scheme) => self.problem(
-                key,
-                format!("expected a sqlite: URL such as sqlite://thermos.db (got scheme {scheme:?})"),
-            ),
-            None => self.problem(
-                key,
-                format!("expected a sqlite: URL such as sqlite://thermos.db (got {url:?})"),
-            ),
+            Some(scheme) => self.problem(key, format!("{EXPECTED} (got scheme {scheme:?})")),
+            None => self.problem(key, format!("{EXPECTED} (got {url:?})")),
+        }
+    }
+
+    fn pool(&mut self, raw: &RawDatabase) -> PoolConfig {
+        let max_connections = self.whole(
+            "database.max_connections",
+            raw.max_connections.as_ref(),
+            DEFAULT_POOL_MAX_CONNECTIONS,
+            MIN_POOL_CONNECTIONS,
+        );
+        let acquire_timeout = self.duration(
+            "database.acquire_timeout",
+            raw.acquire_timeout.as_ref(),
+            DEFAULT_POOL_ACQUIRE_TIMEOUT,
+        );
+        let schema = raw.schema.as_ref().and_then(|schema| {
+            let valid = !schema.is_empty()
+                && schema.len() <= 63
+                && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                self.problem(
+                    "database.schema",
+                    format!("expected a lowercase SQL name of letters, digits and _ (got {schema:?})"),
+                );
+            }
+            valid.then(|| schema.clone())
+        });
+        PoolConfig {
+            max_connections: max_connections.unwrap_or(DEFAULT_POOL_MAX_CONNECTIONS),
+            acquire_timeout: acquire_timeout.unwrap_or(DEFAULT_POOL_ACQUIRE_TIMEOUT),
+            schema,
         }
     }
 
