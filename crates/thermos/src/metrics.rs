@@ -61,6 +61,9 @@ pub const LOST_RESPONSES_TOTAL: &str = "thermos_lost_responses_total";
 /// Gauge: now minus the earliest due time when overdue, else 0, in seconds.
 pub const SCHEDULER_LAG_SECONDS: &str = "thermos_scheduler_lag_seconds";
 
+/// Gauge: live instances sharing the database (and the provider limits).
+pub const INSTANCES_LIVE: &str = "thermos_instances_live";
+
 // ---- outbox ---------------------------------------------------------------
 
 /// Gauge: webhook deliveries waiting to be delivered.

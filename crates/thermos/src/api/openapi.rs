@@ -157,6 +157,7 @@ fn provider_schema() -> Value {
         "in_flight",
         "waiting_on_demand",
         "waiting_scheduled",
+        "shared_by_instances",
     ];
     let mut schema = object(
         &[
@@ -360,6 +361,16 @@ fn schemas() -> Value {
         "Status": object(&["status"], json!({
             "status": {"type": "string"},
             "reasons": {"type": "array", "items": {"type": "string"}},
+            "instance": {"type": "string", "description": "this instance's name (its lease owner)"},
+            "instances": {"type": "array", "description": "the live instances sharing the database",
+                "items": schema_ref("Instance")},
+        })),
+        "Instance": object(&["name", "engine_enabled", "version", "started_at", "heartbeat_at"], json!({
+            "name": {"type": "string"},
+            "engine_enabled": {"type": "boolean"},
+            "version": {"type": "string"},
+            "started_at": {"type": "string", "format": "date-time"},
+            "heartbeat_at": {"type": "string", "format": "date-time"},
         })),
     })
 }

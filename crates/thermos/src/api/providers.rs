@@ -37,6 +37,8 @@ pub struct ProviderView {
     pub waiting_scheduled: usize,
     pub max_concurrency: Option<u32>,
     pub rate_limit_per_second: Option<u32>,
+    /// Live instances sharing these limits; this one uses its share.
+    pub shared_by_instances: u32,
 }
 
 /// Why and until when an app is paused.
@@ -62,13 +64,13 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     for app in apps {
         let key = app.key();
         let snapshot = snapshots.iter().find(|s| s.key == key);
-        data.push(view(&app, snapshot));
+        data.push(view(&app, snapshot, state.engine.guards().share()));
     }
     data.dedup_by(|a, b| a.provider == b.provider && a.client_id == b.client_id);
     Ok(Json(DataList { data }))
 }
 
-fn view(app: &crate::provider::ProviderApp, snapshot: Option<&GuardSnapshot>) -> ProviderView {
+fn view(app: &crate::provider::ProviderApp, snapshot: Option<&GuardSnapshot>, share: u32) -> ProviderView {
     let paused = snapshot.and_then(|s| s.paused).map(|(reason, until)| PausedView {
         reason: reason.as_str(),
         until,
@@ -98,5 +100,6 @@ fn view(app: &crate::provider::ProviderApp, snapshot: Option<&GuardSnapshot>) ->
         waiting_scheduled: snapshot.map_or(0, |s| s.waiting.1),
         max_concurrency: Some(app.max_concurrency.unwrap_or(DEFAULT_APP_CONCURRENCY)),
         rate_limit_per_second: app.rate_limit_per_second,
+        shared_by_instances: snapshot.map_or(share, |s| s.shared_by),
     }
 }

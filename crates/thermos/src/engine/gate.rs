@@ -17,10 +17,17 @@
 //! are reserved ahead and an urgent caller never waits behind more than N
 //! (without a concurrency limit, pacer slots go in arrival order).
 //!
+//! Instances that share a database share the provider's limits: with
+//! [`Gate::set_share`] at N live instances, this gate allows
+//! `max(1, max_concurrency / N)` permits and spaces them N/rate apart, so the
+//! instances together stay within the configured limits (concurrency can
+//! only exceed it when there are more instances than slots).
+//!
 //! Read next: the engine's refresh path, which acquires a permit around each
 //! call to the token endpoint.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -53,8 +60,10 @@ pub struct GatePermit {
 struct Inner {
     max_concurrency: Option<u32>,
     rate_per_second: Option<u32>,
-    /// Time between two pacer slots (1/rate).
+    /// Time between two pacer slots (1/rate) for a whole share.
     spacing: Option<Duration>,
+    /// Instances sharing the limits (at least 1).
+    share: AtomicU32,
     state: Mutex<State>,
 }
 
@@ -86,6 +95,7 @@ impl Gate {
                 max_concurrency,
                 rate_per_second,
                 spacing: rate_per_second.map(|rate| Duration::from_secs(1) / rate),
+                share: AtomicU32::new(1),
                 state: Mutex::new(State::default()),
             }),
         }
@@ -147,6 +157,31 @@ impl Gate {
         (self.inner.max_concurrency, self.inner.rate_per_second)
     }
 
+    /// This instance's share of the limits when `instances` instances (at
+    /// least 1) share them. A larger share hands free slots to waiters at
+    /// once; a smaller one takes effect as permits are released.
+    pub fn set_share(&self, instances: u32) {
+        self.inner.share.store(instances.max(1), Ordering::Relaxed);
+        let mut state = self.inner.lock();
+        while self.inner.max_now().is_none_or(|max| state.in_flight < max) {
+            let next = match state.urgent.pop_front() {
+                Some(waiter) => waiter,
+                None => match state.background.pop_front() {
+                    Some(waiter) => waiter,
+                    None => return,
+                },
+            };
+            if next.grant.send(()).is_ok() {
+                state.in_flight += 1;
+            }
+        }
+    }
+
+    /// The number of instances sharing the limits.
+    pub fn share(&self) -> u32 {
+        self.inner.share.load(Ordering::Relaxed)
+    }
+
     /// Takes a concurrency slot at once if one is free and nobody is queued,
     /// else queues and waits for a released slot to be handed over.
     async fn take_slot(&self, priority: Priority) {
@@ -154,7 +189,7 @@ impl Gate {
             let rx = {
                 let mut state = self.inner.lock();
                 let queued = state.urgent.len() + state.background.len();
-                let free = self.inner.max_concurrency.is_none_or(|max| state.in_flight < max);
+                let free = self.inner.max_now().is_none_or(|max| state.in_flight < max);
                 if free && queued == 0 {
                     state.in_flight += 1;
                     return;
@@ -188,6 +223,12 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// This instance's concurrency limit: its share of the configured one.
+    fn max_now(&self) -> Option<u32> {
+        let share = self.share.load(Ordering::Relaxed).max(1);
+        self.max_concurrency.map(|max| (max / share).max(1))
+    }
+
     /// The pacer: the next free slot at or after `now` and the hold.
     fn reserve_pacer_slot(&self, now: Instant) -> Instant {
         let mut state = self.lock();
@@ -196,7 +237,7 @@ impl Inner {
             slot = slot.max(bound);
         }
         if let Some(spacing) = self.spacing {
-            state.next_slot = Some(slot + spacing);
+            state.next_slot = Some(slot + spacing * self.share.load(Ordering::Relaxed).max(1));
         }
         slot
     }
@@ -204,6 +245,11 @@ impl Inner {
     /// Hands a released slot to the next waiter, or frees it.
     fn release(&self) {
         let mut state = self.lock();
+        // Over a shrunken share: the slot is given up, not handed over.
+        if self.max_now().is_some_and(|max| state.in_flight > max) {
+            state.in_flight -= 1;
+            return;
+        }
         loop {
             let next = match state.urgent.pop_front() {
                 Some(waiter) => Some(waiter),
@@ -503,5 +549,45 @@ mod tests {
     fn zero_limits_are_treated_as_one() {
         assert_eq!(Gate::new(Some(0), Some(0)).limits(), (Some(1), Some(1)));
         assert_eq!(Gate::new(Some(8), None).limits(), (Some(8), None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_of_the_limits_narrows_and_widens_concurrency() {
+        let gate = Gate::new(Some(4), None);
+        gate.set_share(2);
+        let mut held: Vec<GatePermit> = Vec::new();
+        for _ in 0..2 {
+            held.push(gate.acquire(Priority::Background).await);
+        }
+        let third = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.acquire(Priority::Background).await }
+        });
+        until_waiting(&gate, (0, 1)).await;
+        assert_eq!(gate.in_flight(), 2, "half of 4 for each of 2 instances");
+        gate.set_share(1);
+        let third = third.await.unwrap();
+        assert_eq!(gate.in_flight(), 3, "the wider share admitted the waiter at once");
+        gate.set_share(3);
+        drop(third);
+        drop(held.pop());
+        assert_eq!(
+            gate.in_flight(),
+            1,
+            "released slots over the narrower share are given up"
+        );
+        assert_eq!(gate.share(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_of_the_rate_spaces_acquisitions_further_apart() {
+        let gate = Gate::new(None, Some(10));
+        gate.set_share(4);
+        let start = Instant::now();
+        for _ in 0..3 {
+            drop(gate.acquire(Priority::Background).await);
+        }
+        // 10/s shared by 4: this instance takes one every 400 ms.
+        assert_eq!(Instant::now() - start, 800 * MS);
     }
 }

@@ -127,6 +127,8 @@ pub struct GuardSnapshot {
     pub waiting: (usize, usize),
     pub max_concurrency: Option<u32>,
     pub rate_limit_per_second: Option<u32>,
+    /// Instances sharing those limits (this one takes 1/share of them).
+    pub shared_by: u32,
 }
 
 impl AppGuard {
@@ -254,6 +256,7 @@ impl AppGuard {
             waiting: self.gate.waiting(),
             max_concurrency,
             rate_limit_per_second,
+            shared_by: self.gate.share(),
             breaker,
         }
     }
@@ -264,6 +267,8 @@ impl AppGuard {
 pub struct Guards {
     policy: BreakerPolicy,
     map: Mutex<HashMap<AppKey, Arc<AppGuard>>>,
+    /// Live instances sharing every app's limits.
+    share: std::sync::atomic::AtomicU32,
 }
 
 impl Guards {
@@ -272,16 +277,34 @@ impl Guards {
         Self {
             policy,
             map: Mutex::new(HashMap::new()),
+            share: std::sync::atomic::AtomicU32::new(1),
+        }
+    }
+
+    /// The number of instances sharing the limits.
+    pub fn share(&self) -> u32 {
+        self.share.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every app's limits, present and future, are shared by `instances`
+    /// live instances (see [`Gate::set_share`]).
+    pub fn set_share(&self, instances: u32) {
+        self.share.store(instances.max(1), std::sync::atomic::Ordering::Relaxed);
+        for guard in self.map.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            guard.gate.set_share(instances);
         }
     }
 
     /// The guard of `app`.
     pub fn for_app(&self, app: &ProviderApp) -> Arc<AppGuard> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(
-            map.entry(app.key())
-                .or_insert_with(|| Arc::new(AppGuard::new(app, self.policy.clone()))),
-        )
+        Arc::clone(map.entry(app.key()).or_insert_with(|| {
+            let guard = AppGuard::new(app, self.policy.clone());
+            guard
+                .gate
+                .set_share(self.share.load(std::sync::atomic::Ordering::Relaxed));
+            Arc::new(guard)
+        }))
     }
 
     /// Forgets every guard (config reload): limits are rebuilt from the new
