@@ -9,6 +9,7 @@
 //! Read next: `sqlite.rs` (the embedded backend), `postgres.rs` (the shared
 //! one) and `tests/conformance.rs` (the contract every backend passes).
 
+pub mod instance;
 pub mod outbox;
 mod postgres;
 pub mod run;
@@ -566,4 +567,27 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Asks a running run to stop (its owner stops between batches and
     /// finishes it `cancelled`); false if it is unknown or not running.
     async fn cancel_run(&self, id: &str) -> StoreResult<bool>;
+
+    // --- Live instances (see [`instance`]) ---------------------------------
+
+    /// Registers `beat.name` or beats its heartbeat, and prunes dead
+    /// instances, in one transaction. An unknown name is inserted with
+    /// `beat.started_at` and `heartbeat_at` = `now`; a known one gets
+    /// `heartbeat_at` = `now` and the beat's `engine_enabled` and `version`,
+    /// keeping its stored `started_at` — unless its heartbeat is already
+    /// later than `now` (a late beat never moves it back; then the row is
+    /// left as it is). Then every row whose heartbeat is older than
+    /// [`instance::INSTANCE_RETENTION`] (24 h) before `now` is deleted.
+    /// Instances beating at once, on one name or on several, never fail or
+    /// wait for each other's pruning: each ends with its row.
+    async fn beat_instance(&self, beat: instance::InstanceBeat, now: OffsetDateTime) -> StoreResult<()>;
+
+    /// The instances whose heartbeat is strictly later than `beat_after`
+    /// (the caller's cutoff for "live", e.g. `now` − 15 s), ordered by name
+    /// (bytewise).
+    async fn live_instances(&self, beat_after: OffsetDateTime) -> StoreResult<Vec<instance::InstanceRecord>>;
+
+    /// Deletes the instance's row (on a graceful stop, after its last
+    /// beat); false if there was none. A later beat registers it again.
+    async fn remove_instance(&self, name: &str) -> StoreResult<bool>;
 }

@@ -30,6 +30,7 @@ mod api_key;
 mod connection;
 mod custom_app;
 mod delivery;
+mod instance;
 mod outbox;
 mod refresh;
 mod row;
@@ -465,6 +466,18 @@ impl Store for PgStore {
 
     async fn cancel_run(&self, id: &str) -> StoreResult<bool> {
         run::cancel(self, id).await
+    }
+
+    async fn beat_instance(&self, beat: crate::instance::InstanceBeat, now: OffsetDateTime) -> StoreResult<()> {
+        instance::beat(self, beat, now).await
+    }
+
+    async fn live_instances(&self, beat_after: OffsetDateTime) -> StoreResult<Vec<crate::instance::InstanceRecord>> {
+        instance::live(self, beat_after).await
+    }
+
+    async fn remove_instance(&self, name: &str) -> StoreResult<bool> {
+        instance::remove(self, name).await
     }
 }
 

@@ -7,12 +7,16 @@
 //! its own, and are skipped with a note when no server answers and `CI` is
 //! not set).
 //! Time is always passed in (offsets from `T0`), never read or slept on.
-//! The outbox cases live in `conformance/outbox.rs`. Backend-specific
-//! checks (query plans, several stores on one file, corrupt rows) live in
-//! `mod sqlite_only` and `mod postgres_only` at the end.
+//! The outbox cases live in `conformance/outbox.rs`, the runs cases in
+//! `conformance/run.rs`, the live-instances cases in
+//! `conformance/instance.rs`. Backend-specific checks (query plans, several
+//! stores on one file, corrupt rows) live in `mod sqlite_only` and
+//! `mod postgres_only` at the end.
 
 mod support;
 
+#[path = "conformance/instance.rs"]
+mod instance;
 #[path = "conformance/outbox.rs"]
 mod outbox;
 #[path = "conformance/run.rs"]
@@ -29,6 +33,7 @@ use thermos_store::{
 };
 use time::macros::datetime;
 
+use instance::*;
 use outbox::*;
 use run::*;
 use support::{T0, at, attempt, connection, due_connection, failed_attempt, failure, sealed, tokens};
@@ -121,6 +126,14 @@ conformance!(
     runs_are_listed_newest_first_up_to_the_limit,
     only_running_runs_with_an_old_heartbeat_are_marked_stale,
     cancelling_asks_only_a_running_run_to_stop,
+    a_first_beat_registers_the_instance_as_reported,
+    a_later_beat_moves_the_heartbeat_and_keeps_started_at,
+    live_instances_are_those_that_beat_after_the_cutoff_ordered_by_name,
+    remove_instance_deletes_only_that_row_and_is_false_for_an_unknown_name,
+    a_beat_deletes_instances_silent_for_more_than_a_day,
+    two_instances_beating_at_once_both_end_registered,
+    many_beats_of_one_instance_at_once_leave_one_row_at_the_latest_heartbeat,
+    beats_reviving_silent_instances_while_others_prune_them_end_with_every_beating_row,
 );
 
 /// Inserts `new` at `T0`.
@@ -1302,6 +1315,7 @@ mod postgres_only {
     use std::collections::HashSet;
     use std::sync::Arc;
 
+    use thermos_store::instance::InstanceBeat;
     use thermos_store::{Claim, PgOptions, PgStore, Store, StoreError};
 
     use crate::support::{self, T0, at, connection, due_connection};
@@ -1353,6 +1367,61 @@ mod postgres_only {
             let row = second.get_connection(id).await.unwrap().unwrap();
             assert!(row.lease_owner.is_some_and(|owner| owner.starts_with("instance-")));
             assert_eq!(row.lease_until, Some(at(300)));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn instances_beating_through_two_stores_while_pruning_never_fail_and_all_end_live() {
+        let Some((first, schema)) = support::postgres_store().await else {
+            return;
+        };
+        let first = Arc::new(first);
+        let second = Arc::new(schema.connect().await);
+        let beat = |name: String| InstanceBeat {
+            name,
+            started_at: T0,
+            engine_enabled: true,
+            version: "1.4.0".into(),
+        };
+        let day = 24 * 3600;
+        for round in 0..10_i64 {
+            // Silent rows, some of which come back to life this round.
+            for i in 0..6 {
+                let silent = beat(format!("thermos-{round}-{i}"));
+                first.beat_instance(silent, at(round * 3 * day)).await.unwrap();
+            }
+            let now = round * 3 * day + 2 * day;
+            let mut beats = tokio::task::JoinSet::new();
+            for i in 0..12 {
+                let store = if i % 2 == 0 {
+                    Arc::clone(&first)
+                } else {
+                    Arc::clone(&second)
+                };
+                let name = if i < 3 {
+                    format!("thermos-{round}-{i}")
+                } else {
+                    format!("thermos-live-{}", i % 4)
+                };
+                let beat = beat(name);
+                beats.spawn(async move { store.beat_instance(beat, at(now + i)).await });
+            }
+            while let Some(done) = beats.join_next().await {
+                done.unwrap().expect("beat without a deadlock or conflict");
+            }
+            let names: Vec<_> = second
+                .live_instances(at(now - 1))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| i.name)
+                .collect();
+            let revived = (0..3).map(|i| format!("thermos-{round}-{i}"));
+            let mut expected: Vec<_> = revived.chain((0..4).map(|i| format!("thermos-live-{i}"))).collect();
+            expected.sort();
+            assert_eq!(names, expected, "round {round}");
+            let every = second.live_instances(at(-1)).await.unwrap();
+            assert_eq!(every.len(), expected.len(), "round {round}: the silent rows are pruned");
         }
     }
 
