@@ -57,6 +57,14 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the pool had no free connection within its acquire timeout
+    /// (every connection busy: too small a pool or slow queries).
+    pub fn is_pool_exhausted(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::PoolTimedOut))
+    }
+}
+
 /// Result alias for store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 

@@ -264,6 +264,10 @@ impl Application {
             let (engine, cancel) = (self.engine.clone(), cancel.clone());
             tokio::spawn(async move { engine.drive_upkeep(sweep, cancel).await })
         };
+        let beat_task = {
+            let (engine, cancel, enabled) = (self.engine.clone(), cancel.clone(), self.engine_enabled);
+            tokio::spawn(async move { engine.drive_instance_beat(enabled, cancel).await })
+        };
         let router = api::router(self.state.clone());
         let server_cancel = cancel.clone();
         tracing::info!(listen = %self.local_addr(), engine = self.engine_enabled, "thermos is serving");
@@ -285,6 +289,7 @@ impl Application {
             let _ = task.await;
         }
         let _ = upkeep_task.await;
+        let _ = beat_task.await;
         tracing::info!("thermos stopped");
         result
     }

@@ -81,6 +81,18 @@ impl Setup {
         id.to_string()
     }
 
+    /// Records a live serving instance, as `thermos serve` does every 5 s.
+    async fn serving_instance(&self, engine_enabled: bool) {
+        let now = thermos::engine::truncate_ms(OffsetDateTime::now_utc());
+        let beat = thermos_store::instance::InstanceBeat {
+            name: "thermos-1-test".into(),
+            started_at: now,
+            engine_enabled,
+            version: "0.0.0".into(),
+        };
+        self.store.beat_instance(beat, now).await.unwrap();
+    }
+
     fn doctor(&self, json: bool) -> (i32, String) {
         doctor(&self.config, json)
     }
@@ -124,10 +136,15 @@ async fn a_healthy_setup_is_all_ok_and_exits_zero() {
     setup
         .connection("fresh", now + Duration::hours(1), now + Duration::minutes(50))
         .await;
+    setup.serving_instance(true).await;
 
     let (code, report) = setup.doctor(false);
 
     assert_eq!(code, 0, "{report}");
+    assert!(
+        line(&report, "instances").contains("1 live: thermos-1-test"),
+        "{report}"
+    );
     for line in report.lines().take_while(|l| !l.is_empty()) {
         assert!(line.starts_with("ok "), "not ok: {line}\n{report}");
     }
@@ -237,4 +254,19 @@ async fn a_master_key_that_does_not_open_the_stored_tokens_fails() {
         key.starts_with("fail") && key.contains("cannot open 1 of 1"),
         "{report}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_live_instance_or_only_api_only_ones_is_a_warning() {
+    let provider = TestProvider::start(ProviderOptions::default()).await;
+    let setup = Setup::new(&provider.token_url()).await;
+
+    let (code, report) = setup.doctor(false);
+    assert_eq!(code, 0, "a warning does not fail: {report}");
+    assert!(line(&report, "instances").starts_with("warn"), "{report}");
+    assert!(report.contains("start `thermos serve`"), "{report}");
+
+    setup.serving_instance(false).await;
+    let (_, report) = setup.doctor(false);
+    assert!(line(&report, "instances").contains("all API-only"), "{report}");
 }

@@ -182,20 +182,45 @@ async fn health() -> Json<serde_json::Value> {
 async fn ready(State(state): State<AppState>) -> Response {
     let mut reasons = Vec::new();
     if let Err(e) = state.engine.store().ping().await {
-        reasons.push(format!("database: {e}"));
+        reasons.push(if e.is_pool_exhausted() {
+            "database: connection pool exhausted (every pooled connection stayed busy for database.acquire_timeout)"
+                .to_owned()
+        } else {
+            format!("database: {e}")
+        });
     }
     if !state.engine_alive.load(Ordering::Relaxed) {
         reasons.push("engine: the refresh loop is not running".to_owned());
     }
+    let instances: Vec<_> = state
+        .engine
+        .live_instances()
+        .iter()
+        .map(|i| {
+            json!({
+                "name": i.name,
+                "engine_enabled": i.engine_enabled,
+                "version": i.version,
+                "started_at": rfc3339(i.started_at),
+                "heartbeat_at": rfc3339(i.heartbeat_at),
+            })
+        })
+        .collect();
+    let instance = &state.engine.settings().owner;
     if reasons.is_empty() {
-        Json(json!({"status": "ready"})).into_response()
+        Json(json!({"status": "ready", "instance": instance, "instances": instances})).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reasons": reasons})),
+            Json(json!({"status": "unavailable", "reasons": reasons, "instance": instance, "instances": instances})),
         )
             .into_response()
     }
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 async fn not_found() -> ApiError {

@@ -17,6 +17,7 @@ mod flight;
 mod forced;
 pub mod gate;
 pub mod guard;
+pub mod instances;
 mod refresh;
 pub mod run;
 mod scheduler;
@@ -133,6 +134,8 @@ struct Inner {
     stats: EngineStats,
     /// Woken after events commit, so the outbox dispatcher sends them at once.
     outbox_wake: Arc<Notify>,
+    /// The live instances as of this instance's last heartbeat.
+    live: std::sync::Mutex<Vec<thermos_store::instance::InstanceRecord>>,
 }
 
 impl Engine {
@@ -163,6 +166,7 @@ impl Engine {
                 tasks: TaskTracker::new(),
                 stats: EngineStats::default(),
                 outbox_wake: Arc::new(Notify::new()),
+                live: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }

@@ -128,6 +128,7 @@ async fn collect(config: &Config) -> Vec<Check> {
     checks.push(setup::admin_key(config));
     checks.extend(setup::providers(config).await);
     if let Some(store) = &store {
+        checks.extend(state::instances(store.as_ref()).await);
         checks.extend(state::scheduler(config, store.as_ref()).await);
         checks.extend(state::failure_rates(config, store.as_ref()).await);
         checks.extend(state::outbox(store.as_ref()).await);

@@ -1,5 +1,6 @@
-//! Checks of what the stored state says: the scheduler keeping up, expired
-//! tokens, failure rates per provider and the outbox.
+//! Checks of what the stored state says: the live instances, the scheduler
+//! keeping up, expired tokens, failure rates per provider, the outbox and
+//! runs.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::{Check, error_chain, short_duration};
 use crate::config::Config;
+use crate::engine::instances::INSTANCE_ALIVE;
 
 /// A connection due longer ago than this is overdue.
 const OVERDUE_AFTER_SECS: i64 = 60;
@@ -310,4 +312,43 @@ pub(super) async fn runs(config: &Config, store: &dyn Store) -> Vec<Check> {
             }
         }
     }
+}
+
+/// The live `thermos serve` instances (their heartbeat is younger than
+/// [`INSTANCE_ALIVE`]), and whether any of them runs the engine.
+pub(super) async fn instances(store: &dyn Store) -> Vec<Check> {
+    let now = OffsetDateTime::now_utc();
+    let live = match store.live_instances(now - INSTANCE_ALIVE).await {
+        Ok(live) => live,
+        Err(e) => {
+            return vec![Check::fail(
+                "instances",
+                format!("cannot read instances: {}", error_chain(&e)),
+                "see the database check",
+            )];
+        }
+    };
+    let names = live.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
+    let check = if live.is_empty() {
+        Check::warn(
+            "instances",
+            format!(
+                "no `thermos serve` instance has beaten in the last {}: nothing refreshes on schedule",
+                humantime::format_duration(INSTANCE_ALIVE)
+            ),
+            "start `thermos serve` (with [engine] enabled = true on at least one instance)",
+        )
+    } else if !live.iter().any(|i| i.engine_enabled) {
+        Check::warn(
+            "instances",
+            format!(
+                "{} live, all API-only ({names}): nothing refreshes on schedule",
+                live.len()
+            ),
+            "run at least one instance with [engine] enabled = true",
+        )
+    } else {
+        Check::ok("instances", format!("{} live: {names}", live.len()))
+    };
+    vec![check]
 }
