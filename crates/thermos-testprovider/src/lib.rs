@@ -10,7 +10,11 @@
 //!   the default `s3cr+t/=:%` is refused), one method per request, form
 //!   bodies only, no repeated parameters;
 //! - `GET /resource` — a protected API: 200 for a live `Bearer` access token, else 401;
-//! - `GET /health` — 200.
+//! - `GET /health` — 200;
+//! - only when started with [`TestProvider::try_start_with_admin`] (the
+//!   `thermos-testprovider` binary, for benchmarks in another process):
+//!   `POST /admin/grants?count=N` issues N grants and answers them as JSON
+//!   lines, `GET /admin/stats` answers the counters as one JSON object.
 //!
 //! Grants behave like Atlassian's or GitHub's: with rotation on, each refresh
 //! returns a new refresh token and marks the old one used; presenting a used
@@ -164,11 +168,26 @@ impl TestProvider {
 
     /// Binds and starts serving.
     pub async fn try_start(options: ProviderOptions) -> std::io::Result<Self> {
+        Self::serve(options, false).await
+    }
+
+    /// Binds and starts serving, with the admin endpoints too (issuing
+    /// grants and reading the counters over HTTP), for a provider that runs
+    /// in a process of its own. They are as unauthenticated as the rest:
+    /// bind to loopback only.
+    pub async fn try_start_with_admin(options: ProviderOptions) -> std::io::Result<Self> {
+        Self::serve(options, true).await
+    }
+
+    async fn serve(options: ProviderOptions, admin: bool) -> std::io::Result<Self> {
         let listener = TcpListener::bind(options.bind).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(options));
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = server::router(Arc::clone(&shared));
+        let mut app = server::router(Arc::clone(&shared));
+        if admin {
+            app = app.merge(server::admin_router(Arc::clone(&shared)));
+        }
         tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = stopped.await;

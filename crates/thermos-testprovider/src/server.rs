@@ -79,6 +79,66 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// Most grants one `POST /admin/grants` issues.
+pub(crate) const MAX_GRANTS_PER_CALL: usize = 100_000;
+
+/// The admin endpoints of a provider in its own process: `POST
+/// /admin/grants?count=N` (at most [`MAX_GRANTS_PER_CALL`]) answers N new
+/// grants as JSON lines (`grant`, `access_token`, `refresh_token`,
+/// `expires_in` seconds); `GET /admin/stats` answers the counters.
+pub(crate) fn admin_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/admin/grants", post(issue_grants))
+        .route("/admin/stats", get(stats))
+        .with_state(shared)
+}
+
+async fn issue_grants(State(shared): State<Arc<Shared>>, query: axum::extract::RawQuery) -> Response {
+    let count = query
+        .0
+        .as_deref()
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "count"))
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let Some(count) = count.filter(|n| (1..=MAX_GRANTS_PER_CALL).contains(n)) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("count: expected 1 to {MAX_GRANTS_PER_CALL}"),
+        )
+            .into_response();
+    };
+    let mut lines = String::with_capacity(count * 160);
+    for _ in 0..count {
+        // One grant per lock: token calls in flight are not held up for long.
+        let grant = shared.book().issue_grant(&shared.rules, Instant::now());
+        let line = json!({
+            "grant": grant.grant.as_str(),
+            "access_token": grant.access_token,
+            "refresh_token": grant.refresh_token,
+            "expires_in": grant.expires_in.as_secs(),
+        });
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    (StatusCode::OK, [(CONTENT_TYPE, "application/x-ndjson")], lines).into_response()
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    let (refreshes, reuse_detected, grants_issued) = {
+        let book = shared.book();
+        (book.refreshes(), book.reuse_detected(), book.grants_issued())
+    };
+    json_response(
+        StatusCode::OK,
+        json!({
+            "token_calls": shared.token_calls.load(Ordering::SeqCst),
+            "refreshes": refreshes,
+            "reuse_detected": reuse_detected,
+            "grants_issued": grants_issued,
+            "max_in_flight": shared.max_in_flight.load(Ordering::SeqCst),
+        }),
+    )
+}
+
 /// Counts a request in flight (overall, and for its grant when known) until dropped,
 /// so a request abandoned by its client (timeout, `Hang`) is counted out too.
 struct InFlight {

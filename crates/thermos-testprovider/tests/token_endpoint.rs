@@ -502,3 +502,45 @@ async fn health_answers_and_shutdown_refuses_new_connections() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn the_admin_endpoints_issue_working_grants_and_count_only_when_asked_for() {
+    let provider = TestProvider::try_start_with_admin(ProviderOptions::default())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let issued = http
+        .post(format!("{}/admin/grants?count=3", provider.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), 200);
+    let text = issued.text().await.unwrap();
+    let grants: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(grants.len(), 3);
+    let answer = refresh(&provider, grants[1]["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let stats: Value = http
+        .get(format!("{}/admin/stats", provider.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((&stats["grants_issued"], &stats["refreshes"]), (&3.into(), &1.into()));
+    let too_many = http
+        .post(format!("{}/admin/grants?count=0", provider.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_many.status(), 400);
+
+    let plain = TestProvider::start(ProviderOptions::default()).await;
+    let refused = http
+        .post(format!("{}/admin/grants?count=1", plain.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404, "no admin endpoints unless asked for");
+}

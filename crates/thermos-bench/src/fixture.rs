@@ -1,0 +1,201 @@
+//! A Thermos configuration and a store pre-filled with connections,
+//! written straight through `thermos_store` (sealed with the master key),
+//! as an import would leave them but without the HTTP API in the way.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use thermos::config::Config;
+use thermos_core::id::ConnectionId;
+use thermos_core::seal::{Field, MasterKey};
+use thermos_store::{NewConnection, Store};
+use time::OffsetDateTime;
+
+/// The provider slug and project every benchmark connection has.
+pub const PROVIDER: &str = "bench";
+pub const PROJECT: &str = "bench";
+
+/// Which database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Where the database is.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// SQLite: the file. PostgreSQL: the server URL.
+    pub url: String,
+    /// PostgreSQL: this run's own schema (dropped at the end).
+    pub schema: Option<String>,
+}
+
+impl Database {
+    pub fn new(backend: Backend, dir: &Path, pg_url: &str) -> Self {
+        match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite://{}", dir.join("thermos.db").display()),
+                schema: None,
+            },
+            Backend::Postgres => Self {
+                url: pg_url.to_owned(),
+                schema: Some(format!("thermos_bench_{}", std::process::id())),
+            },
+        }
+    }
+
+    /// Drops the PostgreSQL schema (SQLite files go with the temp dir).
+    pub async fn drop_schema(&self) -> anyhow::Result<()> {
+        if let Some(schema) = &self.schema {
+            let pool = sqlx::PgPool::connect(&self.url)
+                .await
+                .context("connect to PostgreSQL")?;
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&pool)
+                .await
+                .context("drop the benchmark schema")?;
+            pool.close().await;
+        }
+        Ok(())
+    }
+
+    /// Rows in a table (the store has no counter of its writes; rows show what was written).
+    pub async fn count_rows(&self, table: &str) -> anyhow::Result<u64> {
+        let n: i64 = match &self.schema {
+            Some(schema) => {
+                let pool = sqlx::PgPool::connect(&self.url).await?;
+                let n = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{schema}\".{table}"))
+                    .fetch_one(&pool)
+                    .await?;
+                pool.close().await;
+                n
+            }
+            None => {
+                let pool = sqlx::SqlitePool::connect(&self.url).await?;
+                let n = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+                    .fetch_one(&pool)
+                    .await?;
+                pool.close().await;
+                n
+            }
+        };
+        Ok(n as u64)
+    }
+}
+
+/// A configuration on `db` with one provider app, `bench`, at `token_url`.
+pub fn config_toml(
+    dir: &Path,
+    db: &Database,
+    listen: &str,
+    token_url: &str,
+    client: (&str, &str),
+    refresh_toml: &str,
+) -> String {
+    let schema = db
+        .schema
+        .as_ref()
+        .map_or(String::new(), |s| format!("schema = \"{s}\"\nmax_connections = 16\n"));
+    format!(
+        r#"[server]
+listen = "{listen}"
+[database]
+url = "{url}"
+{schema}[security]
+master_key_file = "{key}"
+[refresh]
+{refresh_toml}
+[[provider]]
+slug = "{PROVIDER}"
+token_url = "{token_url}"
+client_id = "{id}"
+client_secret = "{secret}"
+auth_method = "client_secret_basic"
+default_ttl = "1h"
+"#,
+        url = db.url,
+        key = dir.join("thermos.key").display(),
+        id = client.0,
+        secret = client.1,
+    )
+}
+
+pub fn parse_config(toml: &str) -> anyhow::Result<Config> {
+    Config::from_toml_str(toml).map_err(|e| anyhow::anyhow!("benchmark config: {e}"))
+}
+
+/// The tokens one connection starts with.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+/// What [`insert`] did.
+#[derive(Debug)]
+pub struct Imported {
+    pub ids: Vec<ConnectionId>,
+    pub elapsed: Duration,
+}
+
+impl Imported {
+    pub fn per_second(&self) -> f64 {
+        self.ids.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Inserts one connection per element of `tokens` (one transaction each:
+/// the store has no batch insert), `in_flight` at a time. Each expires
+/// `expires_in` from now and is due at `due_in` from now.
+pub async fn insert(
+    store: &Arc<dyn Store>,
+    key: &MasterKey,
+    tokens: impl Iterator<Item = Tokens>,
+    expires_in: Duration,
+    due_in: Duration,
+    in_flight: usize,
+) -> anyhow::Result<Imported> {
+    let started = Instant::now();
+    let now = thermos::engine::truncate_ms(OffsetDateTime::now_utc());
+    let rows = tokens.enumerate().map(|(i, t)| {
+        let id = ConnectionId::generate();
+        let new = NewConnection {
+            id,
+            project: PROJECT.into(),
+            provider: PROVIDER.into(),
+            external_id: format!("user-{i}"),
+            access_token: key.seal(&id, Field::AccessToken, &t.access_token.into()),
+            refresh_token: Some(key.seal(&id, Field::RefreshToken, &t.refresh_token.into())),
+            token_type: "Bearer".into(),
+            scope: None,
+            issued_at: now,
+            expires_at: now + expires_in,
+            metadata: serde_json::json!({}),
+            next_refresh_at: now + due_in,
+        };
+        let store = Arc::clone(store);
+        async move { store.insert_connection(new, now, Vec::new()).await.map(|_| id) }
+    });
+    let mut inserted = futures::stream::iter(rows).buffered(in_flight.max(1));
+    let mut ids = Vec::new();
+    while let Some(id) = inserted.next().await {
+        ids.push(id.context("insert a connection")?);
+    }
+    Ok(Imported {
+        ids,
+        elapsed: started.elapsed(),
+    })
+}

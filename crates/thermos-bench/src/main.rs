@@ -1,0 +1,48 @@
+//! `thermos-bench`: Thermos's benchmarks, each bounded in time, on loopback
+//! only. Not a test: run it by hand on a quiet machine, in release.
+//!
+//! - `refresh-throughput` — the engine refreshing N due connections, against
+//!   a bare HTTP loop at the same endpoint and concurrency (`refresh.rs`);
+//! - `token-api` — `GET …/token` on the real server under load (`token_api.rs`);
+//! - `load` — the load generator `token-api` starts in a process of its own (`load.rs`).
+//!
+//! The test provider and the server run as child processes (`proc.rs`),
+//! killed when the benchmark ends, panics included.
+
+mod fixture;
+mod load;
+mod proc;
+mod provider;
+mod refresh;
+mod token_api;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "thermos-bench",
+    about = "Thermos benchmarks (build with: cargo build --release --workspace --bins)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N connections due now, refreshed by the engine; then a bare HTTP loop at the same endpoint.
+    RefreshThroughput(refresh::RefreshArgs),
+    /// GET …/token over random connections of a pre-filled SQLite store, on the real server.
+    TokenApi(token_api::TokenApiArgs),
+    /// The load generator (started by token-api).
+    Load(load::LoadArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::RefreshThroughput(args) => refresh::run(args).await,
+        Scenario::TokenApi(args) => token_api::run(args).await,
+        Scenario::Load(args) => load::run(args).await,
+    }
+}
