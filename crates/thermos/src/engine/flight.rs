@@ -101,6 +101,19 @@ impl Flights {
 /// Joins the flight of `id` if there is one, else starts one that claims
 /// the connection's lease and refreshes it.
 pub(super) async fn refresh_shared(inner: &Arc<Inner>, id: ConnectionId, trigger: Trigger) -> FlightResult {
+    refresh_shared_since(inner, id, trigger, None).await
+}
+
+/// [`refresh_shared`] for a caller that read version `seen` of the
+/// connection: a flight it starts does not refresh when the row it claims is
+/// already newer (another worker committed new tokens between that read and
+/// the claim), but hands the lease back and ends [`Flight::Superseded`].
+pub(super) async fn refresh_shared_since(
+    inner: &Arc<Inner>,
+    id: ConnectionId,
+    trigger: Trigger,
+    seen: Option<i64>,
+) -> FlightResult {
     let flight = {
         let mut map = inner.flights.lock();
         match map.get(&id) {
@@ -110,7 +123,7 @@ pub(super) async fn refresh_shared(inner: &Arc<Inner>, id: ConnectionId, trigger
                 // A child of the caller's span: its log lines carry the request_id.
                 let span = tracing::info_span!("flight", connection_id = %id, trigger = trigger.as_str());
                 let flight = async move {
-                    let result = refresh::claim_and_refresh(&owned, id, trigger).await;
+                    let result = refresh::claim_and_refresh(&owned, id, trigger, seen).await;
                     owned.flights.remove(id);
                     result
                 }

@@ -31,11 +31,13 @@ use super::token::FreshToken;
 use super::{Engine, Inner, Trigger};
 use crate::metrics as m;
 
-/// Claims `id`'s lease (waiting for a global permit first), then refreshes.
+/// Claims `id`'s lease (waiting for a global permit first), then refreshes,
+/// unless the caller read version `seen` and an active row has moved past it.
 pub(super) async fn claim_and_refresh(
     inner: &Arc<Inner>,
     id: thermos_core::id::ConnectionId,
     trigger: Trigger,
+    seen: Option<i64>,
 ) -> FlightResult {
     let permit = Arc::clone(&inner.permits)
         .acquire_owned()
@@ -55,6 +57,23 @@ pub(super) async fn claim_and_refresh(
             observe(&record, m::outcome::SKIPPED, record.status.as_str(), None);
             release(inner, &record, record.next_refresh_at.unwrap_or(now)).await;
             Err(not_refreshable(&record))
+        }
+        Claim::Claimed(record)
+            if record.status == ConnectionStatus::Active && seen.is_some_and(|v| v != record.version) =>
+        {
+            // Another worker committed new tokens after the caller read the
+            // row and before this claim (it held the lease until its commit):
+            // its result is as fresh as ours would be, and a second refresh
+            // would only spend a rotation. Hand the lease back, due when
+            // those tokens are (the claim overwrote the plan; same rule).
+            let due = plan::next_refresh_at(
+                record.issued_at,
+                record.expires_at,
+                inner.settings.policy.margin,
+                Jitter::random(),
+            );
+            release(inner, &record, truncate_ms(due)).await;
+            Ok(Flight::Superseded)
         }
         Claim::Claimed(record) => refresh_claimed(inner, record, trigger, permit).await,
     }

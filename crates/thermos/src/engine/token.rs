@@ -13,7 +13,7 @@ use thermos_core::status::ConnectionStatus;
 use thermos_store::ConnectionRecord;
 use time::OffsetDateTime;
 
-use super::flight::{Flight, RefreshFailure, refresh_shared};
+use super::flight::{Flight, RefreshFailure, refresh_shared_since};
 use super::refresh::open_access;
 use super::{Engine, Trigger};
 use crate::metrics as m;
@@ -139,7 +139,7 @@ impl Engine {
             if trigger == Trigger::Forced {
                 self.check_forced(id)?;
             }
-            match refresh_shared(&self.inner, id, trigger).await {
+            match refresh_shared_since(&self.inner, id, trigger, Some(record.version)).await {
                 Ok(Flight::Refreshed(token)) => {
                     count_report(need, &record, REFRESHED);
                     return Ok(token);
