@@ -72,6 +72,23 @@ impl Database {
         Ok(())
     }
 
+    /// PostgreSQL: rows inserted, updated and deleted so far in this run's
+    /// schema (`pg_stat_user_tables`; the statistics lag up to a second
+    /// behind, so wait before reading). `None` on SQLite.
+    pub async fn row_writes(&self) -> anyhow::Result<Option<(u64, u64, u64)>> {
+        let Some(schema) = &self.schema else { return Ok(None) };
+        let pool = sqlx::PgPool::connect(&self.url).await?;
+        let (ins, upd, del): (i64, i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(n_tup_ins), 0)::int8, coalesce(sum(n_tup_upd), 0)::int8, coalesce(sum(n_tup_del), 0)::int8 \
+             FROM pg_stat_user_tables WHERE schemaname = $1",
+        )
+        .bind(schema)
+        .fetch_one(&pool)
+        .await?;
+        pool.close().await;
+        Ok(Some((ins as u64, upd as u64, del as u64)))
+    }
+
     /// Rows in a table (the store has no counter of its writes; rows show what was written).
     pub async fn count_rows(&self, table: &str) -> anyhow::Result<u64> {
         let n: i64 = match &self.schema {

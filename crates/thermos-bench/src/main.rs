@@ -17,6 +17,18 @@ mod refresh;
 mod token_api;
 
 use clap::{Parser, Subcommand};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+
+/// Counts every allocation of this process (a few atomic additions each),
+/// for the bytes allocated per refresh.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// (allocations, bytes allocated) by this process so far.
+pub fn allocated() -> (u64, u64) {
+    let stats = GLOBAL.stats();
+    (stats.allocations as u64, stats.bytes_allocated as u64)
+}
 
 #[derive(Debug, Parser)]
 #[command(

@@ -4,7 +4,7 @@
 //! POSTs the same refresh requests (fresh grants, one valid refresh each) at
 //! the same concurrency: the physical limit of this machine for that
 //! endpoint. Reports both rates and their ratio, CPU per refresh (this
-//! process and the provider's), and the rows written per refresh.
+//! process and the provider's), allocations and the rows written per refresh.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +57,8 @@ struct Phase {
     elapsed: Duration,
     cpu: Duration,
     provider_cpu: Duration,
+    /// Allocations and bytes allocated by this process during the phase.
+    allocated: (u64, u64),
 }
 
 impl Phase {
@@ -69,8 +71,14 @@ impl Phase {
     fn provider_cpu_us_per(&self) -> f64 {
         self.provider_cpu.as_secs_f64() * 1e6 / (self.done.max(1) as f64)
     }
+    fn allocated_per(&self) -> (f64, f64) {
+        let n = self.done.max(1) as f64;
+        (self.allocated.0 as f64 / n, self.allocated.1 as f64 / n)
+    }
     fn json(&self) -> Value {
         json!({
+            "allocations_per_request": self.allocated_per().0,
+            "bytes_allocated_per_request": self.allocated_per().1,
             "succeeded": self.done,
             "failed": self.failed,
             "seconds": self.elapsed.as_secs_f64(),
@@ -116,7 +124,6 @@ pub async fn run(args: RefreshArgs) -> anyhow::Result<()> {
         "target_ratio": 0.6,
         "rows_written_per_refresh": rows,
         "database_transactions_per_refresh": "not measured",
-        "bytes_allocated_per_refresh": "not measured",
         "provider": provider_stats,
     });
     if args.json {
@@ -141,6 +148,8 @@ pub async fn run(args: RefreshArgs) -> anyhow::Result<()> {
             thermos.cpu_us_per(),
             thermos.provider_cpu_us_per()
         );
+        let (allocs, bytes) = thermos.allocated_per();
+        println!("                   {allocs:.0} allocations, {bytes:.0} bytes allocated per refresh");
         println!(
             "  bare loop        {:>9.0} requests/s   ({} ok, {} failed in {:.2} s)",
             bare.rate(),
@@ -153,12 +162,16 @@ pub async fn run(args: RefreshArgs) -> anyhow::Result<()> {
             bare.cpu_us_per(),
             bare.provider_cpu_us_per()
         );
+        let (allocs, bytes) = bare.allocated_per();
+        println!("                   {allocs:.0} allocations, {bytes:.0} bytes allocated per request");
         println!(
             "  ratio            {:.2} (target ≥ 0.60: {})",
             ratio,
             if ratio >= 0.6 { "met" } else { "not met" }
         );
-        println!("  rows written     {rows} per refresh (attempts, events; transactions and allocations not measured)");
+        println!(
+            "  rows written     {rows} per refresh (rows in refresh_attempts and events; on PostgreSQL also rows inserted/updated/deleted; transactions not measured)"
+        );
         println!("  provider         {provider_stats}");
     }
     Ok(())
@@ -186,13 +199,25 @@ async fn measure(
         &refresh_toml,
     );
     let config = fixture::parse_config(&toml)?;
-    let store = thermos::app::open_store(&config).await?;
+    let import_store = thermos::app::open_store(&config).await?;
     let (key, _) = MasterKey::generate();
     let tokens = thermos_grants.into_iter().map(|g| Tokens {
         access_token: g.access_token,
         refresh_token: g.refresh_token,
     });
-    let imported = fixture::insert(&store, &key, tokens, Duration::from_secs(3600), Duration::ZERO, 8).await?;
+    let imported = fixture::insert(
+        &import_store,
+        &key,
+        tokens,
+        Duration::from_secs(3600),
+        Duration::ZERO,
+        8,
+    )
+    .await?;
+    // A pool of its own for the engine: the import's connections go (and
+    // report their statistics) before the refreshes are counted.
+    drop(import_store);
+    let store = thermos::app::open_store(&config).await?;
     // Truncated timestamps: make sure every row is due by the time the engine looks.
     tokio::time::sleep(Duration::from_millis(5)).await;
 
@@ -205,7 +230,17 @@ async fn measure(
         thermos::app::engine_settings(&config, thermos::app::instance_name()),
     );
     let pid = provider.pid();
-    let (cpu0, pcpu0, started) = (proc::cpu_time("self")?, proc::cpu_time(&pid)?, Instant::now());
+    let stat_lag = Duration::from_millis(1500);
+    if db.schema.is_some() {
+        tokio::time::sleep(stat_lag).await;
+    }
+    let writes0 = db.row_writes().await.context("read row statistics")?;
+    let (cpu0, pcpu0, alloc0, started) = (
+        proc::cpu_time("self")?,
+        proc::cpu_time(&pid)?,
+        crate::allocated(),
+        Instant::now(),
+    );
     let cancel = CancellationToken::new();
     let driver = tokio::spawn({
         let (engine, cancel) = (engine.clone(), cancel.clone());
@@ -224,7 +259,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let elapsed = started.elapsed();
-    let (cpu1, pcpu1) = (proc::cpu_time("self")?, proc::cpu_time(&pid)?);
+    let (cpu1, pcpu1, alloc1) = (proc::cpu_time("self")?, proc::cpu_time(&pid)?, crate::allocated());
     cancel.cancel();
     let _ = driver.await;
     engine.wait_idle(Duration::from_secs(10)).await;
@@ -235,14 +270,24 @@ async fn measure(
         elapsed,
         cpu: cpu1.saturating_sub(cpu0),
         provider_cpu: pcpu1.saturating_sub(pcpu0),
+        allocated: (alloc1.0 - alloc0.0, alloc1.1 - alloc0.1),
     };
+    drop(engine);
+    drop(store);
     let mut rows = serde_json::Map::new();
+    if let Some((ins0, upd0, del0)) = writes0 {
+        tokio::time::sleep(stat_lag).await;
+        if let Some((ins1, upd1, del1)) = db.row_writes().await.context("read row statistics")? {
+            let per = |a: u64, b: u64| json!(a.saturating_sub(b) as f64 / n as f64);
+            rows.insert("inserted".into(), per(ins1, ins0));
+            rows.insert("updated".into(), per(upd1, upd0));
+            rows.insert("deleted".into(), per(del1, del0));
+        }
+    }
     for table in ["refresh_attempts", "events"] {
         let count = db.count_rows(table).await.with_context(|| format!("count {table}"))?;
         rows.insert(table.into(), json!(count as f64 / n as f64));
     }
-    drop(engine);
-    drop(store);
 
     let bare = bare_loop(provider, bare_grants, args.concurrency as usize, timeout).await?;
     let stats = provider.stats(&reqwest::Client::new()).await?;
@@ -268,7 +313,12 @@ async fn bare_loop(
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let (token_url, auth) = (provider.token_url.clone(), provider.basic_auth());
     let pid = provider.pid();
-    let (cpu0, pcpu0, started) = (proc::cpu_time("self")?, proc::cpu_time(&pid)?, Instant::now());
+    let (cpu0, pcpu0, alloc0, started) = (
+        proc::cpu_time("self")?,
+        proc::cpu_time(&pid)?,
+        crate::allocated(),
+        Instant::now(),
+    );
     let deadline = tokio::time::Instant::now() + timeout;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
@@ -311,12 +361,13 @@ async fn bare_loop(
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = started.elapsed();
-    let (cpu1, pcpu1) = (proc::cpu_time("self")?, proc::cpu_time(&pid)?);
+    let (cpu1, pcpu1, alloc1) = (proc::cpu_time("self")?, proc::cpu_time(&pid)?, crate::allocated());
     Ok(Phase {
         done: ok.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
         elapsed,
         cpu: cpu1.saturating_sub(cpu0),
         provider_cpu: pcpu1.saturating_sub(pcpu0),
+        allocated: (alloc1.0 - alloc0.0, alloc1.1 - alloc0.1),
     })
 }
