@@ -220,8 +220,10 @@ impl AppGuard {
 
     /// Until when and why the app is paused, if it is (no side effects,
     /// unlike [`AppGuard::admit`]).
+    /// Called for every attempt: it reads only the throttle and the
+    /// breaker, never the attempt window a snapshot collects.
     pub fn paused(&self, now: OffsetDateTime) -> Option<(OffsetDateTime, PauseReason)> {
-        self.snapshot(now).paused.map(|(reason, until)| (until, reason))
+        pause_of(&self.lock(), now).map(|(reason, until)| (until, reason))
     }
 
     /// Whether the breaker is open now.
@@ -234,11 +236,7 @@ impl AppGuard {
         let state = self.lock();
         let breaker = state.breaker.snapshot();
         let throttled_until = state.throttled_until.filter(|t| *t > now);
-        let paused = match (throttled_until, breaker.open) {
-            (Some(until), _) => Some((PauseReason::RateLimited, until)),
-            (None, Some(reason)) => Some((reason.into(), breaker.next_probe_at.unwrap_or(now))),
-            (None, None) => None,
-        };
+        let paused = pause_of(&state, now);
         let recent: Vec<_> = state
             .recent
             .iter()
@@ -260,6 +258,18 @@ impl AppGuard {
             breaker,
         }
     }
+}
+
+/// Why and until when the app is paused: a provider's `Retry-After` first,
+/// then an open breaker (until its next probe).
+fn pause_of(state: &GuardState, now: OffsetDateTime) -> Option<(PauseReason, OffsetDateTime)> {
+    if let Some(until) = state.throttled_until.filter(|t| *t > now) {
+        return Some((PauseReason::RateLimited, until));
+    }
+    let breaker = state.breaker.snapshot();
+    breaker
+        .open
+        .map(|reason| (reason.into(), breaker.next_probe_at.unwrap_or(now)))
 }
 
 /// Every app's guard, created on first use.
