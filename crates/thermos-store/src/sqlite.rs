@@ -95,15 +95,19 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         // The writer connects first: it creates the file and switches it to
-        // WAL before any reader opens it.
+        // WAL before any reader opens it. A connection to a local file does
+        // not go stale, so no pool pings it before lending it out (the ping
+        // was a tenth of a token request's cost).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         let path = options.get_filename().to_path_buf();
         let reader = SqlitePoolOptions::new()
             .max_connections(READER_CONNECTIONS)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(Self { writer, reader, path })
