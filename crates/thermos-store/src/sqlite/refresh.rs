@@ -5,7 +5,7 @@
 //! and applies the change, with the events that report it, only if the
 //! version is still the one the worker started from. The lease owner is deliberately not checked: a worker whose
 //! lease expired must still save a rotated refresh token if nobody changed
-//! the tokens meanwhile. Keeps at most [`ATTEMPTS_KEPT_PER_CONNECTION`]
+//! the tokens meanwhile. Keeps at most [`crate::ATTEMPTS_KEPT_PER_CONNECTION`]
 //! attempts per connection, pruned in the transaction that adds one.
 
 use sqlx::SqliteConnection;
@@ -15,10 +15,7 @@ use super::outbox::write_events;
 use super::row::{self, ATTEMPT_COLUMNS, CONNECTION_COLUMNS};
 use super::{SqliteStore, limit};
 use crate::outbox::NewEvent;
-use crate::{
-    ATTEMPTS_KEPT_PER_CONNECTION, AttemptRecord, ConnectionRecord, FailureUpdate, FinishOutcome, NewAttempt,
-    StoreResult, TokenUpdate,
-};
+use crate::{AttemptRecord, ConnectionRecord, FailureUpdate, FinishOutcome, NewAttempt, StoreResult, TokenUpdate};
 
 /// Commits a successful refresh, with its events, if the version is still
 /// `expected_version`.
@@ -128,8 +125,9 @@ pub(super) async fn record_attempt(store: &SqliteStore, id: ConnectionId, attemp
 }
 
 /// Appends an attempt (if the connection still exists: a deleted connection
-/// keeps no log) and prunes the connection's log to the newest
-/// [`ATTEMPTS_KEPT_PER_CONNECTION`].
+/// keeps no log); the trigger `refresh_attempts_keep_newest` (migration
+/// 0006) prunes the connection's log to the newest
+/// [`crate::ATTEMPTS_KEPT_PER_CONNECTION`] in the same statement.
 async fn insert_attempt(conn: &mut SqliteConnection, id: &str, attempt: &NewAttempt) -> StoreResult<()> {
     sqlx::query(
         r#"INSERT INTO refresh_attempts (connection_id, started_at, "trigger", outcome, error_code, http_status, duration_ms)
@@ -143,14 +141,6 @@ async fn insert_attempt(conn: &mut SqliteConnection, id: &str, attempt: &NewAtte
     .bind(attempt.http_status.map(i64::from))
     // A duration beyond i64 milliseconds (292 million years) saturates.
     .bind(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX))
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "DELETE FROM refresh_attempts WHERE connection_id = ?1 AND id < \
-           (SELECT id FROM refresh_attempts WHERE connection_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-    )
-    .bind(id)
-    .bind(i64::from(ATTEMPTS_KEPT_PER_CONNECTION) - 1)
     .execute(&mut *conn)
     .await?;
     Ok(())
