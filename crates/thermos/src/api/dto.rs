@@ -237,3 +237,27 @@ impl From<&AttemptRecord> for AttemptView {
 pub struct DataList<T> {
     pub data: Vec<T>,
 }
+
+/// A live instance, as `/ready` lists it.
+#[derive(Debug, Serialize)]
+pub struct InstanceView {
+    pub name: String,
+    pub engine_enabled: bool,
+    pub version: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub heartbeat_at: OffsetDateTime,
+}
+
+impl From<&thermos_store::instance::InstanceRecord> for InstanceView {
+    fn from(i: &thermos_store::instance::InstanceRecord) -> Self {
+        Self {
+            name: i.name.clone(),
+            engine_enabled: i.engine_enabled,
+            version: i.version.clone(),
+            started_at: i.started_at,
+            heartbeat_at: i.heartbeat_at,
+        }
+    }
+}

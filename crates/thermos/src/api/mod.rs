@@ -192,20 +192,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     if !state.engine_alive.load(Ordering::Relaxed) {
         reasons.push("engine: the refresh loop is not running".to_owned());
     }
-    let instances: Vec<_> = state
-        .engine
-        .live_instances()
-        .iter()
-        .map(|i| {
-            json!({
-                "name": i.name,
-                "engine_enabled": i.engine_enabled,
-                "version": i.version,
-                "started_at": rfc3339(i.started_at),
-                "heartbeat_at": rfc3339(i.heartbeat_at),
-            })
-        })
-        .collect();
+    let instances: Vec<dto::InstanceView> = state.engine.live_instances().iter().map(Into::into).collect();
     let instance = &state.engine.settings().owner;
     if reasons.is_empty() {
         Json(json!({"status": "ready", "instance": instance, "instances": instances})).into_response()
@@ -216,11 +203,6 @@ async fn ready(State(state): State<AppState>) -> Response {
         )
             .into_response()
     }
-}
-
-fn rfc3339(at: time::OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 async fn not_found() -> ApiError {

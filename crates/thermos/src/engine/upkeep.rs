@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tokio::time::{Instant, MissedTickBehavior, interval_at};
+use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
 use tokio_util::sync::CancellationToken;
 
 use super::Engine;
@@ -27,10 +27,11 @@ impl Engine {
         let stale_every = self.settings().run_stale_after / 2;
         let mut stale_ticks = interval_at(Instant::now() + stale_every, stale_every);
         stale_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Without a sweep the timer never fires (a century is "never").
-        let sweep_every = sweep.map_or(Duration::from_secs(100 * 365 * 24 * 3600), |s| s.every);
-        let mut sweep_ticks = interval_at(Instant::now() + sweep_every, sweep_every);
-        sweep_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sweep_ticks = sweep.map(|sweep| {
+            let mut ticks = interval_at(Instant::now() + sweep.every, sweep.every);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            (ticks, sweep.overdue_by)
+        });
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -39,12 +40,11 @@ impl Engine {
                         tracing::warn!(error.message = %e, "marking stale runs failed");
                     }
                 }
-                _ = sweep_ticks.tick(), if sweep.is_some() => {
-                    let Some(sweep) = sweep else { continue };
+                overdue_by = next_sweep(&mut sweep_ticks) => {
                     // A sweep stops with the instance: it is not waited for.
                     tokio::select! {
                         () = cancel.cancelled() => return,
-                        swept = self.sweep(sweep.overdue_by) => {
+                        swept = self.sweep(overdue_by) => {
                             if let Err(e) = swept {
                                 tracing::warn!(error.message = %e, "sweep failed");
                             }
@@ -53,5 +53,17 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// Completes at the next sweep time with the sweep's `overdue_by`; never
+/// without a sweep.
+async fn next_sweep(ticks: &mut Option<(Interval, Duration)>) -> Duration {
+    match ticks {
+        Some((ticks, overdue_by)) => {
+            ticks.tick().await;
+            *overdue_by
+        }
+        None => std::future::pending().await,
     }
 }
