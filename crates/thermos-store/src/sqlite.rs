@@ -25,6 +25,7 @@ mod api_key;
 mod connection;
 mod custom_app;
 mod delivery;
+mod group_commit;
 mod instance;
 mod outbox;
 mod refresh;
@@ -70,6 +71,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// The database file.
     path: PathBuf,
+    /// Commits refresh successes in groups, through `writer`.
+    group_commit: group_commit::GroupCommit,
 }
 
 impl SqliteStore {
@@ -110,7 +113,13 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        Ok(Self { writer, reader, path })
+        let group_commit = group_commit::GroupCommit::start(writer.clone());
+        Ok(Self {
+            writer,
+            reader,
+            path,
+            group_commit,
+        })
     }
 
     /// The database file.
@@ -338,7 +347,14 @@ impl Store for SqliteStore {
         attempt: NewAttempt,
         events: Vec<NewEvent>,
     ) -> StoreResult<FinishOutcome> {
-        refresh::finish(self, id, expected_version, tokens, attempt, events).await
+        let finish = group_commit::Finish {
+            id,
+            expected_version,
+            tokens,
+            attempt,
+            events,
+        };
+        self.group_commit.finish(finish).await
     }
 
     async fn record_failure(

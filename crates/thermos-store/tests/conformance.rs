@@ -62,6 +62,10 @@ macro_rules! conformance {
     };
 }
 
+// Declared after the macro, which it uses.
+#[path = "conformance/concurrent_finish.rs"]
+mod concurrent_finish;
+
 conformance!(
     a_database_that_answers_pings_and_migrates_twice_keeps_its_data,
     a_new_connection_is_active_at_version_one_and_reads_back_as_inserted,

@@ -1,14 +1,15 @@
 //! Refresh results on SQLite: `finish_refresh`, `record_failure` and the
 //! attempt log.
 //!
-//! Each result is one `BEGIN IMMEDIATE` transaction that records the attempt
+//! Each result is one `BEGIN IMMEDIATE` transaction (successes are grouped
+//! into shared ones by `group_commit.rs`, with the same outcome) that records the attempt
 //! and applies the change, with the events that report it, only if the
 //! version is still the one the worker started from. The lease owner is deliberately not checked: a worker whose
 //! lease expired must still save a rotated refresh token if nobody changed
 //! the tokens meanwhile. Keeps at most [`crate::ATTEMPTS_KEPT_PER_CONNECTION`]
 //! attempts per connection, pruned in the transaction that adds one.
 
-use sqlx::SqliteConnection;
+use sqlx::{SqliteConnection, SqlitePool};
 use thermos_core::id::ConnectionId;
 
 use super::outbox::write_events;
@@ -18,9 +19,11 @@ use crate::outbox::NewEvent;
 use crate::{AttemptRecord, ConnectionRecord, FailureUpdate, FinishOutcome, NewAttempt, StoreResult, TokenUpdate};
 
 /// Commits a successful refresh, with its events, if the version is still
-/// `expected_version`.
+/// `expected_version`, in a transaction of its own on `writer` (the store's
+/// writer pool). The store commits successes in groups
+/// (`sqlite/group_commit.rs`), which falls back to this.
 pub(super) async fn finish(
-    store: &SqliteStore,
+    writer: &SqlitePool,
     id: ConnectionId,
     expected_version: i64,
     tokens: TokenUpdate,
@@ -36,7 +39,7 @@ pub(super) async fn finish(
            last_refreshed_at = ?7, version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?7 \
          WHERE id = ?1 AND version = ?2 RETURNING {CONNECTION_COLUMNS}"
     );
-    let mut tx = store.begin_write().await?;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
     insert_attempt(&mut tx, &id_text, &attempt).await?;
     let updated = sqlx::query(&sql)
         .bind(&id_text)
