@@ -9,6 +9,7 @@
 //! Read next: `sqlite.rs` (the embedded backend), `postgres.rs` (the shared
 //! one) and `tests/conformance.rs` (the contract every backend passes).
 
+mod batch;
 pub mod instance;
 pub mod outbox;
 mod postgres;
@@ -46,6 +47,15 @@ pub enum StoreError {
     /// A unique constraint was hit (e.g. same project, provider, external_id).
     #[error("a connection with this project, provider and external_id already exists")]
     Conflict,
+    /// Entry `index` (from 0) of a batch insert
+    /// ([`Store::insert_connections`]) has the id or the (project, provider,
+    /// external_id) of a stored connection, or of entry `earlier` of the same
+    /// batch; nothing of the batch was written.
+    #[error(
+        "batch entry {index} has the id or the project, provider and external_id of {}",
+        batch::conflicting_with(*.earlier)
+    )]
+    BatchConflict { index: usize, earlier: Option<usize> },
     /// The database failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -272,6 +282,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: OffsetDateTime,
         events: Vec<NewEvent>,
     ) -> StoreResult<ConnectionRecord>;
+
+    /// Inserts every connection of `new` as [`Store::insert_connection`]
+    /// would (`active`, version 1, `created_at` = `updated_at` = `now`), and
+    /// `events` (with their deliveries), all in one transaction: a bulk
+    /// import. All or nothing: if an entry has the id or the (project,
+    /// provider, external_id) of a stored connection or of an earlier entry,
+    /// [`StoreError::BatchConflict`] names the first such entry and nothing
+    /// is written. An empty batch writes only `events`. Rows go in
+    /// multi-row statements within the database's bind-parameter limits,
+    /// so any number may be given; a large batch holds the write
+    /// transaction (on SQLite, every writer) for its whole length.
+    async fn insert_connections(
+        &self,
+        new: Vec<NewConnection>,
+        now: OffsetDateTime,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<()>;
 
     /// One connection.
     async fn get_connection(&self, id: ConnectionId) -> StoreResult<Option<ConnectionRecord>>;

@@ -280,6 +280,15 @@ impl Store for SqliteStore {
         connection::insert(self, new, now, events).await
     }
 
+    async fn insert_connections(
+        &self,
+        new: Vec<NewConnection>,
+        now: OffsetDateTime,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<()> {
+        connection::insert_many(self, new, now, events).await
+    }
+
     async fn get_connection(&self, id: ConnectionId) -> StoreResult<Option<ConnectionRecord>> {
         connection::get(self, id).await
     }

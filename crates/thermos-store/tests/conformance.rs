@@ -62,7 +62,9 @@ macro_rules! conformance {
     };
 }
 
-// Declared after the macro, which it uses.
+// Declared after the macro, which they use.
+#[path = "conformance/batch_insert.rs"]
+mod batch_insert;
 #[path = "conformance/concurrent_finish.rs"]
 mod concurrent_finish;
 

@@ -12,7 +12,13 @@ use super::outbox::write_events;
 use super::row::{self, CONNECTION_COLUMNS};
 use super::{SqliteStore, conflict_or, limit};
 use crate::outbox::NewEvent;
-use crate::{ConnectionFilter, ConnectionRecord, NewConnection, StatusCount, StoreError, StoreResult, TokenUpdate};
+use crate::{
+    ConnectionFilter, ConnectionRecord, NewConnection, StatusCount, StoreError, StoreResult, TokenUpdate, batch,
+};
+
+/// Rows per statement of a batch insert: 12 bound values each, plus `now`,
+/// stays well under SQLite's limit of 32,766 bound parameters.
+const ROWS_PER_INSERT: usize = 1000;
 
 /// Inserts an `active` connection at version 1, with its events.
 pub(super) async fn insert(
@@ -53,6 +59,86 @@ pub(super) async fn insert(
     write_events(&mut tx, &events).await?;
     tx.commit().await?;
     Ok(record)
+}
+
+/// Inserts every connection of `new` (`active`, version 1) and `events` in
+/// one transaction, [`ROWS_PER_INSERT`] rows a statement; all or nothing.
+pub(super) async fn insert_many(
+    store: &SqliteStore,
+    new: Vec<NewConnection>,
+    now: OffsetDateTime,
+    events: Vec<NewEvent>,
+) -> StoreResult<()> {
+    if let Some(repeat) = batch::first_repeat(&new) {
+        return Err(repeat);
+    }
+    let mut tx = store.begin_write().await?;
+    for (number, chunk) in new.chunks(ROWS_PER_INSERT).enumerate() {
+        let sql = insert_many_sql(chunk.len());
+        let mut query = sqlx::query_scalar::<_, String>(&sql).bind(row::millis(now));
+        for new in chunk {
+            let metadata = serde_json::to_string(&new.metadata)
+                .map_err(|e| StoreError::Corrupt(format!("metadata cannot be serialised: {e}")))?;
+            query = query
+                .bind(new.id.to_string())
+                .bind(new.project.as_str())
+                .bind(new.provider.as_str())
+                .bind(new.external_id.as_str())
+                .bind(new.access_token.as_bytes())
+                .bind(new.refresh_token.as_ref().map(|t| t.as_bytes()))
+                .bind(new.token_type.as_str())
+                .bind(new.scope.as_deref())
+                .bind(row::millis(new.issued_at))
+                .bind(row::millis(new.expires_at))
+                .bind(metadata)
+                .bind(row::millis(new.next_refresh_at));
+        }
+        let inserted = query.fetch_all(&mut *tx).await?;
+        // Dropping the transaction rolls it back.
+        if let Some(conflict) = batch::first_skipped(chunk, number * ROWS_PER_INSERT, &inserted) {
+            return Err(conflict);
+        }
+    }
+    write_events(&mut tx, &events).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A multi-row insert of `rows` connections that skips (and so does not
+/// return the id of) a row hitting a unique constraint: `?1` is `now`, then
+/// 12 values a row.
+fn insert_many_sql(rows: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::from(
+        "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
+         scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
+         version, created_at, updated_at) VALUES ",
+    );
+    for row in 0..rows {
+        let p = 2 + row * 12;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(
+            sql,
+            "(?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, 'active', ?{}, 0, 0, 1, ?1, ?1)",
+            p,
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8,
+            p + 9,
+            p + 10,
+            p + 11
+        );
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
+    sql
 }
 
 /// One connection.
