@@ -10,6 +10,7 @@
 //! one) and `tests/conformance.rs` (the contract every backend passes).
 
 mod batch;
+mod group_commit;
 pub mod instance;
 pub mod outbox;
 mod postgres;

@@ -30,6 +30,7 @@ mod api_key;
 mod connection;
 mod custom_app;
 mod delivery;
+mod finish_batch;
 mod instance;
 mod outbox;
 mod refresh;
@@ -48,6 +49,7 @@ use sqlx::{Executor, Postgres, Transaction};
 use thermos_core::id::ConnectionId;
 use time::OffsetDateTime;
 
+use crate::group_commit::{Finish, GroupCommit};
 use crate::outbox::{
     DeliveryAttempt, DeliveryNext, DeliveryRecord, EventFilter, EventRecord, EventWithDeliveries, NewEvent,
     WebhookRecord,
@@ -96,6 +98,8 @@ pub struct PgStore {
     pool: PgPool,
     /// The schema set as `search_path` on every connection, if any.
     schema: Option<String>,
+    /// Commits refresh successes in groups.
+    group_commit: GroupCommit,
 }
 
 impl PgStore {
@@ -123,9 +127,11 @@ impl PgStore {
             });
         }
         let pool = pool.connect_with(connect).await?;
+        let group_commit = GroupCommit::start(finish_batch::PgCommitter { pool: pool.clone() });
         Ok(Self {
             pool,
             schema: options.schema,
+            group_commit,
         })
     }
 
@@ -300,7 +306,14 @@ impl Store for PgStore {
         attempt: NewAttempt,
         events: Vec<NewEvent>,
     ) -> StoreResult<FinishOutcome> {
-        refresh::finish(self, id, expected_version, tokens, attempt, events).await
+        let finish = Finish {
+            id,
+            expected_version,
+            tokens,
+            attempt,
+            events,
+        };
+        self.group_commit.finish(finish).await
     }
 
     async fn record_failure(

@@ -25,7 +25,7 @@ mod api_key;
 mod connection;
 mod custom_app;
 mod delivery;
-mod group_commit;
+mod finish_batch;
 mod instance;
 mod outbox;
 mod refresh;
@@ -44,6 +44,7 @@ use sqlx::{Sqlite, Transaction};
 use thermos_core::id::ConnectionId;
 use time::OffsetDateTime;
 
+use crate::group_commit::{Finish, GroupCommit};
 use crate::outbox::{
     DeliveryAttempt, DeliveryNext, DeliveryRecord, EventFilter, EventRecord, EventWithDeliveries, NewEvent,
     WebhookRecord,
@@ -72,7 +73,7 @@ pub struct SqliteStore {
     /// The database file.
     path: PathBuf,
     /// Commits refresh successes in groups, through `writer`.
-    group_commit: group_commit::GroupCommit,
+    group_commit: GroupCommit,
 }
 
 impl SqliteStore {
@@ -113,7 +114,7 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        let group_commit = group_commit::GroupCommit::start(writer.clone());
+        let group_commit = GroupCommit::start(finish_batch::SqliteCommitter { writer: writer.clone() });
         Ok(Self {
             writer,
             reader,
@@ -356,7 +357,7 @@ impl Store for SqliteStore {
         attempt: NewAttempt,
         events: Vec<NewEvent>,
     ) -> StoreResult<FinishOutcome> {
-        let finish = group_commit::Finish {
+        let finish = Finish {
             id,
             expected_version,
             tokens,

@@ -11,7 +11,7 @@
 //! [`ATTEMPTS_KEPT_PER_CONNECTION`] attempts per connection, pruned in the
 //! transaction that adds one.
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use thermos_core::id::ConnectionId;
 
 use super::outbox::write_events;
@@ -33,9 +33,10 @@ enum RowLock {
 }
 
 /// Commits a successful refresh, with its events, if the version is still
-/// `expected_version`.
+/// `expected_version`, in a transaction of its own. The store commits
+/// successes in groups (`finish_batch.rs`), which falls back to this.
 pub(super) async fn finish(
-    store: &PgStore,
+    pool: &PgPool,
     id: ConnectionId,
     expected_version: i64,
     tokens: TokenUpdate,
@@ -51,7 +52,7 @@ pub(super) async fn finish(
            last_refreshed_at = $7, version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = $7 \
          WHERE id = $1 AND version = $2 RETURNING {CONNECTION_COLUMNS}"
     );
-    let mut tx = store.begin().await?;
+    let mut tx = pool.begin().await?;
     if !log_attempt(&mut tx, &id_text, &attempt, RowLock::Update).await? {
         tx.commit().await?;
         return Ok(FinishOutcome::VersionChanged);

@@ -2,7 +2,7 @@
 //! attempt log.
 //!
 //! Each result is one `BEGIN IMMEDIATE` transaction (successes are grouped
-//! into shared ones by `group_commit.rs`, with the same outcome) that records the attempt
+//! into shared ones by `finish_batch.rs`, with the same outcome) that records the attempt
 //! and applies the change, with the events that report it, only if the
 //! version is still the one the worker started from. The lease owner is deliberately not checked: a worker whose
 //! lease expired must still save a rotated refresh token if nobody changed
@@ -21,7 +21,7 @@ use crate::{AttemptRecord, ConnectionRecord, FailureUpdate, FinishOutcome, NewAt
 /// Commits a successful refresh, with its events, if the version is still
 /// `expected_version`, in a transaction of its own on `writer` (the store's
 /// writer pool). The store commits successes in groups
-/// (`sqlite/group_commit.rs`), which falls back to this.
+/// (`finish_batch.rs`), which falls back to this.
 pub(super) async fn finish(
     writer: &SqlitePool,
     id: ConnectionId,
