@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::egress::{EgressPolicy, NameLookup, SystemLookup};
 use crate::engine::upkeep::Sweep;
 use crate::engine::{Engine, EngineSettings};
 use crate::outbox::alerts::{Aggregator, AlertSettings};
@@ -136,6 +137,18 @@ impl Application {
         admin_key: Option<SecretString>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
+        Self::build_with_lookup(config, key, admin_key, clock, Arc::new(SystemLookup)).await
+    }
+
+    /// [`Application::build`] with the resolver the SSRF guard checks
+    /// project-supplied host names with (tests change a name's answer).
+    pub async fn build_with_lookup(
+        config: &Config,
+        key: MasterKey,
+        admin_key: Option<SecretString>,
+        clock: Arc<dyn Clock>,
+        lookup: Arc<dyn NameLookup>,
+    ) -> anyhow::Result<Self> {
         let (store, instance_lock) = open_serving_store(config, clock.now()).await?;
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -149,6 +162,7 @@ impl Application {
             Arc::clone(&clock),
             DispatchSettings {
                 allow_private_targets: config.security.allow_private_targets,
+                lookup: Arc::clone(&lookup),
                 alerts: config.alerts.as_ref().map(AlertChannel::from_config),
                 retention: config.outbox.retention,
                 ..DispatchSettings::new(settings.owner.clone())
@@ -174,6 +188,7 @@ impl Application {
             admin_key: admin_key.map(Arc::new),
             engine_alive: Arc::new(AtomicBool::new(true)),
             allow_private_targets: config.security.allow_private_targets,
+            egress: EgressPolicy::new(config.security.allow_private_targets, lookup),
         };
         Ok(Self {
             listener,

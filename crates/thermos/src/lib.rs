@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod engine;
 pub mod metrics;
 pub mod outbox;

@@ -53,6 +53,9 @@ pub struct AppState {
     /// `[security] allow_private_targets`: webhooks may point at loopback
     /// and private addresses.
     pub allow_private_targets: bool,
+    /// The SSRF guard for URLs a project supplies (same setting, and the
+    /// resolver used to check host names at registration).
+    pub egress: crate::egress::EgressPolicy,
 }
 
 /// The full router: `/v1/…`, `/health`, `/ready`, `/metrics`.

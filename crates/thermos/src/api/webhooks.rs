@@ -27,8 +27,9 @@ use super::auth::Caller;
 use super::dto::DataList;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
+use crate::egress::EgressPolicy;
 use crate::outbox::dispatch::secret_owner;
-use crate::outbox::target::validate_target;
+use crate::outbox::target::{check_resolved, validate_target};
 use crate::outbox::{EVENT_TYPES, is_event_type, sign};
 
 /// `POST /v1/webhooks`.
@@ -140,6 +141,15 @@ impl WebhookRegistration {
         }
     }
 
+    /// The registration-time SSRF check of the URL's host name: refused
+    /// when it resolves to an address the guard blocks (the message names
+    /// the field). Literal addresses were checked by [`Self::parse`].
+    pub async fn check_resolved(&self, policy: &EgressPolicy) -> Result<(), String> {
+        check_resolved(&self.url, policy)
+            .await
+            .map_err(|reason| format!("url: {reason}"))
+    }
+
     /// The record to store, with a new id and secret, registered at `now`;
     /// the secret is returned in clear this once.
     pub fn record(&self, key: &MasterKey, now: OffsetDateTime) -> (WebhookRecord, SecretString) {
@@ -166,6 +176,10 @@ pub async fn create(
     let project = caller.project_for(body.project.as_deref())?;
     let registration = WebhookRegistration::parse(project, &body.url, body.events, state.allow_private_targets)
         .map_err(|problems| ApiError::bad_request(problems.join("; ")))?;
+    registration
+        .check_resolved(&state.egress)
+        .await
+        .map_err(ApiError::bad_request)?;
     let (record, secret) = registration.record(state.engine.key(), state.engine.now());
     state.engine.store().insert_webhook(record.clone()).await?;
     tracing::info!(webhook_id = %record.id, project = %record.project, "webhook registered");

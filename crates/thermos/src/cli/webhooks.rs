@@ -52,6 +52,11 @@ pub async fn run(config: &Config, command: WebhooksCommand) -> anyhow::Result<()
         WebhooksCommand::Create { project, url, events } => {
             let registration = WebhookRegistration::parse(project, &url, events, config.security.allow_private_targets)
                 .map_err(|problems| anyhow::anyhow!("invalid webhook:\n  --{}", problems.join("\n  --")))?;
+            let egress = crate::egress::EgressPolicy::system(config.security.allow_private_targets);
+            registration
+                .check_resolved(&egress)
+                .await
+                .map_err(|problem| anyhow::anyhow!("invalid webhook:\n  --{problem}"))?;
             let key = super::cli_master_key(config, true)?;
             let store = app::open_store(config).await?;
             let (record, secret) = registration.record(&key, OffsetDateTime::now_utc());

@@ -42,6 +42,7 @@ use url::Url;
 use super::sign;
 use super::target::validate_target;
 use crate::config::{AlertFormat, AlertsConfig};
+use crate::egress::{EgressPolicy, NameLookup, SystemLookup};
 use crate::engine::NextWake;
 use crate::metrics as m;
 
@@ -133,6 +134,9 @@ pub struct DispatchSettings {
     /// before each send, so one registered while private targets were
     /// allowed is not sent to once they are not.
     pub allow_private_targets: bool,
+    /// Resolves webhook hosts at connect time; only addresses the SSRF guard
+    /// allows are connected to ([`crate::egress`]).
+    pub lookup: Arc<dyn NameLookup>,
     /// The operators' channel, if `[alerts]` is configured.
     pub alerts: Option<AlertChannel>,
 }
@@ -151,6 +155,7 @@ impl DispatchSettings {
             batch: DEFAULT_CLAIM_BATCH,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             allow_private_targets: false,
+            lookup: Arc::new(SystemLookup),
             alerts: None,
         }
     }
@@ -182,7 +187,10 @@ struct Inner {
     key: Arc<MasterKey>,
     clock: Arc<dyn Clock>,
     settings: DispatchSettings,
+    /// For project webhooks: through the SSRF guard.
     http: reqwest::Client,
+    /// For the operators' alert channel (configured, so trusted).
+    alert_http: reqwest::Client,
     waker: DispatchWaker,
     last_prune_at: Mutex<Option<OffsetDateTime>>,
 }
@@ -202,16 +210,24 @@ impl Dispatcher {
     /// A dispatcher; nothing runs until [`Dispatcher::tick`] or
     /// [`Dispatcher::drive`].
     pub fn new(store: Arc<dyn Store>, key: Arc<MasterKey>, clock: Arc<dyn Clock>, settings: DispatchSettings) -> Self {
-        let http = reqwest::Client::builder()
+        let egress = EgressPolicy::new(settings.allow_private_targets, Arc::clone(&settings.lookup));
+        // Building fails only when the TLS backend cannot initialise; rustls
+        // with bundled roots has no system dependency, so this is a broken
+        // build, not a runtime condition.
+        let http = egress
+            .client_builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout)
+            .user_agent(USER_AGENT)
+            .build()
+            .unwrap_or_else(|e| panic!("build the webhook HTTP client: {e}"));
+        let alert_http = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout)
             .redirect(Policy::none())
             .user_agent(USER_AGENT)
             .build()
-            // Building fails only when the TLS backend cannot initialise;
-            // rustls with bundled roots has no system dependency, so this is
-            // a broken build, not a runtime condition.
-            .unwrap_or_else(|e| panic!("build the webhook HTTP client: {e}"));
+            .unwrap_or_else(|e| panic!("build the alert HTTP client: {e}"));
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -219,6 +235,7 @@ impl Dispatcher {
                 clock,
                 settings,
                 http,
+                alert_http,
                 waker: DispatchWaker::default(),
                 last_prune_at: Mutex::new(None),
             }),
@@ -441,7 +458,7 @@ impl Dispatcher {
         if let Ok(value) = HeaderValue::from_str(&signature) {
             headers.insert(WEBHOOK_SIGNATURE, value);
         }
-        Ok(self.post(url, headers, body).await)
+        Ok(self.post(&inner.http, url, headers, body).await)
     }
 
     async fn send_alert(&self, event: &NewEvent) -> Sent {
@@ -459,12 +476,13 @@ impl Dispatcher {
             }
         };
         let headers = standard_headers(&event.id, self.now().unix_timestamp());
-        self.post(channel.url.clone(), headers, body).await
+        self.post(&self.inner.alert_http, channel.url.clone(), headers, body)
+            .await
     }
 
-    async fn post(&self, url: Url, headers: HeaderMap, body: Vec<u8>) -> Sent {
+    async fn post(&self, http: &reqwest::Client, url: Url, headers: HeaderMap, body: Vec<u8>) -> Sent {
         let timeout = self.inner.settings.request_timeout;
-        match self.inner.http.post(url).headers(headers).body(body).send().await {
+        match http.post(url).headers(headers).body(body).send().await {
             Ok(response) if response.status().is_success() => Sent::Delivered {
                 status: response.status().as_u16(),
             },

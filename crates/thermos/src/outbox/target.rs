@@ -1,22 +1,27 @@
 //! Where a project webhook may point: `https` to a public host, or — only
 //! with `[security] allow_private_targets = true` (development, tests) —
-//! `https` to a loopback/private address and `http` to loopback.
+//! `https` or `http` to a loopback, private or otherwise non-public address.
 //!
-//! The check is on the URL as written: a literal IP address is classified,
-//! and `localhost` (and `*.localhost`) count as loopback. A public name that
-//! resolves to a private address is not caught here (that would need a
-//! resolver hook at connect time). It never logs. Read next: `dispatch.rs`.
+//! [`validate_target`] checks the URL as written: a literal IP address is
+//! classified ([`crate::egress::ip`]), and `localhost` (`*.localhost`) and
+//! metadata names are refused by name. [`check_resolved`] adds, at
+//! registration, the addresses the name resolves to; at delivery the
+//! dispatcher's HTTP client resolves through the guard, so a name that
+//! changes its answer later (DNS rebinding) still reaches nothing private.
+//! It never logs. Read next: `egress/mod.rs`, `dispatch.rs`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use url::{Host, Url};
+
+use crate::egress::{self, EgressPolicy};
 
 /// Longest webhook URL accepted.
 pub const MAX_URL_LEN: usize = 2048;
 
-/// Parses and checks a webhook URL. `allow_private_targets` is the
-/// `[security]` setting. The message of an error says what is wrong and how
-/// to fix it; it names no field (the caller does).
+/// Parses and checks a webhook URL as written. `allow_private_targets` is
+/// the `[security]` setting. The message of an error says what is wrong and
+/// how to fix it; it names no field (the caller does).
 pub fn validate_target(url: &str, allow_private_targets: bool) -> Result<Url, String> {
     if url.len() > MAX_URL_LEN {
         return Err(format!("longer than {MAX_URL_LEN} characters"));
@@ -28,95 +33,46 @@ pub fn validate_target(url: &str, allow_private_targets: bool) -> Result<Url, St
         );
     }
     let host = parsed.host().ok_or("must have a host")?;
-    let kind = classify(&host);
+    let policy = EgressPolicy::system(allow_private_targets);
+    let refused = match &host {
+        Host::Domain(name) => policy.check_name(name),
+        Host::Ipv4(ip) => policy.check_ip(&ip.to_string(), IpAddr::V4(*ip)),
+        Host::Ipv6(ip) => policy.check_ip(&ip.to_string(), IpAddr::V6(*ip)),
+    };
+    refused.map_err(|refused| refused.to_string())?;
     match parsed.scheme() {
-        "https" => match kind {
-            HostKind::Public => Ok(parsed),
-            _ if allow_private_targets => Ok(parsed),
-            HostKind::Loopback | HostKind::Private => Err(format!(
-                "{host} is a loopback or private address; such targets need [security] allow_private_targets = true"
-            )),
-        },
-        "http" => match kind {
-            HostKind::Loopback if allow_private_targets => Ok(parsed),
-            HostKind::Loopback => Err(format!(
-                "http to {host} needs [security] allow_private_targets = true (development and tests); use https otherwise"
-            )),
-            HostKind::Public | HostKind::Private => Err(format!(
-                "http is only allowed to a loopback address (127.0.0.0/8, ::1, localhost); use https for {host}"
-            )),
-        },
+        "https" => Ok(parsed),
+        "http" if is_non_public(&host) && allow_private_targets => Ok(parsed),
+        "http" if is_non_public(&host) => Err(format!(
+            "http to {host} needs security.allow_private_targets = true (development and tests); use https otherwise"
+        )),
+        "http" => Err(format!(
+            "http is only allowed to a loopback or private address (with security.allow_private_targets = true); use https for {host}"
+        )),
         other => Err(format!("scheme {other:?} is not supported; use https")),
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HostKind {
-    Loopback,
-    /// Private, link-local, unspecified, shared, multicast or broadcast:
-    /// nothing a public receiver lives at.
-    Private,
-    Public,
+/// The registration-time check of a URL that passed [`validate_target`]:
+/// a host name is resolved and refused if any of its addresses is blocked.
+pub async fn check_resolved(url: &Url, policy: &EgressPolicy) -> Result<(), String> {
+    let Some(host) = url.host() else {
+        return Err("must have a host".into());
+    };
+    policy
+        .check_host(&host)
+        .await
+        .map(drop)
+        .map_err(|refused| refused.to_string())
 }
 
-fn classify(host: &Host<&str>) -> HostKind {
+/// A literal address that is not public, or a name that is by definition
+/// loopback (`localhost`) or a metadata service.
+fn is_non_public(host: &Host<&str>) -> bool {
     match host {
-        Host::Domain(name) => {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if name == "localhost" || name.ends_with(".localhost") {
-                HostKind::Loopback
-            } else {
-                HostKind::Public
-            }
-        }
-        Host::Ipv4(ip) => classify_ip(IpAddr::V4(*ip)),
-        Host::Ipv6(ip) => classify_ip(IpAddr::V6(*ip)),
-    }
-}
-
-fn classify_ip(ip: IpAddr) -> HostKind {
-    match ip {
-        IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => classify_v4(v4),
-            None => classify_v6(v6),
-        },
-    }
-}
-
-fn classify_v4(ip: Ipv4Addr) -> HostKind {
-    let [a, b, ..] = ip.octets();
-    if ip.is_loopback() {
-        HostKind::Loopback
-    } else if ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || a == 0
-        // 100.64.0.0/10, carrier-grade NAT (shared address space).
-        || (a == 100 && (64..128).contains(&b))
-    {
-        HostKind::Private
-    } else {
-        HostKind::Public
-    }
-}
-
-fn classify_v6(ip: Ipv6Addr) -> HostKind {
-    let first = ip.segments()[0];
-    if ip.is_loopback() {
-        HostKind::Loopback
-    } else if ip.is_unspecified()
-        || ip.is_multicast()
-        // fc00::/7, unique local.
-        || (first & 0xfe00) == 0xfc00
-        // fe80::/10, link-local.
-        || (first & 0xffc0) == 0xfe80
-    {
-        HostKind::Private
-    } else {
-        HostKind::Public
+        Host::Domain(name) => egress::ip::classify_name(name).is_some(),
+        Host::Ipv4(ip) => egress::ip::classify(IpAddr::V4(*ip)).is_some(),
+        Host::Ipv6(ip) => egress::ip::classify(IpAddr::V6(*ip)).is_some(),
     }
 }
 
@@ -138,22 +94,23 @@ mod tests {
     }
 
     #[test]
-    fn http_to_a_non_loopback_host_is_refused_in_every_configuration() {
+    fn http_to_a_public_host_is_refused_in_every_configuration() {
         for allow in [false, true] {
-            for url in [
-                "http://example.com/hook",
-                "http://10.0.0.5/hook",
-                "http://93.184.216.34/",
-            ] {
+            for url in ["http://example.com/hook", "http://93.184.216.34/"] {
                 let error = validate_target(url, allow).unwrap_err();
-                assert!(error.contains("http is only allowed to a loopback"), "{url}: {error}");
+                assert!(
+                    error.contains("http is only allowed to a loopback or private"),
+                    "{url}: {error}"
+                );
             }
         }
     }
 
     #[test]
-    fn http_to_loopback_needs_allow_private_targets() {
+    fn http_to_a_loopback_or_private_address_needs_allow_private_targets() {
         for url in [
+            "http://10.0.0.5/hook",
+            "http://169.254.169.254/latest/meta-data",
             "http://127.0.0.1:9000/hook",
             "http://127.8.9.10/hook",
             "http://[::1]:80/hook",
@@ -181,6 +138,9 @@ mod tests {
             "https://[fe80::1]/hook",
             "https://[::ffff:10.0.0.1]/hook",
             "https://localhost/hook",
+            "https://metadata.google.internal/computeMetadata/v1/",
+            "https://[::ffff:169.254.169.254]/",
+            "https://[fd00:ec2::254]/",
         ] {
             let error = validate_target(url, false).unwrap_err();
             assert!(error.contains("allow_private_targets"), "{url}: {error}");

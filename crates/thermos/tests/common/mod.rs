@@ -36,6 +36,8 @@ pub struct AppOptions {
     pub extra_toml: String,
     /// `security.allow_private_targets` (webhooks to loopback receivers).
     pub allow_private_targets: bool,
+    /// The resolver of the SSRF guard (default: the system's).
+    pub lookup: Option<Arc<dyn thermos::egress::NameLookup>>,
 }
 
 impl Default for AppOptions {
@@ -47,6 +49,7 @@ impl Default for AppOptions {
             provider_toml: String::new(),
             extra_toml: String::new(),
             allow_private_targets: false,
+            lookup: None,
         }
     }
 }
@@ -99,7 +102,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         Some(m) => m.clone(),
         None => Arc::new(SystemClock),
     };
-    let app = Application::build(&config, key, Some(ADMIN_KEY.to_owned().into()), clock)
+    let lookup = options
+        .lookup
+        .unwrap_or_else(|| Arc::new(thermos::egress::SystemLookup));
+    let app = Application::build_with_lookup(&config, key, Some(ADMIN_KEY.to_owned().into()), clock, lookup)
         .await
         .expect("app builds");
     let base = format!("http://{}", app.local_addr());
