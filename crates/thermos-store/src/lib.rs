@@ -313,6 +313,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
     ) -> StoreResult<Vec<ConnectionRecord>>;
 
+    /// How many connections `project` holds (for the per-project limit).
+    async fn count_project_connections(&self, project: &str) -> StoreResult<u64>;
+
     /// Replaces the tokens after the user reconnected: status `active`,
     /// failures cleared, version bumped, any lease dropped, `updated_at` =
     /// `now`. Unlike [`Store::finish_refresh`], every token column is

@@ -390,6 +390,15 @@ impl Store for SqliteStore {
         refresh::list_attempts(self, id, limit).await
     }
 
+    async fn count_project_connections(&self, project: &str) -> StoreResult<u64> {
+        // A range of the (project, provider, external_id) unique index.
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM connections WHERE project = ?")
+            .bind(project)
+            .fetch_one(&self.reader)
+            .await?;
+        u64::try_from(count).map_err(|_| StoreError::Corrupt(format!("negative count {count}")))
+    }
+
     async fn count_by_status(&self) -> StoreResult<Vec<StatusCount>> {
         connection::count_by_status(self).await
     }

@@ -102,6 +102,7 @@ conformance!(
     list_connections_pages_through_every_connection_in_id_order,
     list_connections_applies_project_provider_and_status_filters,
     count_by_status_groups_connections_by_provider_and_status,
+    count_project_connections_counts_only_that_project,
     api_keys_round_trip_and_a_duplicate_key_id_is_a_conflict,
     concurrent_claimers_never_claim_a_connection_twice_and_together_claim_all,
     a_custom_app_reads_back_as_registered_with_its_sealed_secret,
@@ -938,6 +939,25 @@ async fn list_connections_applies_project_provider_and_status_filters(store: Arc
     };
     let all_google = sorted(vec![acme_google, globex_google, acme_google_dead]);
     assert_eq!(list(google.clone(), Some(all_google[0])).await, all_google[1..]);
+}
+
+async fn count_project_connections_counts_only_that_project(store: Arc<dyn Store>) {
+    assert_eq!(store.count_project_connections("acme").await.unwrap(), 0);
+    for i in 0..3 {
+        insert(&*store, connection(&format!("c{i}"))).await;
+    }
+    insert(
+        &*store,
+        NewConnection {
+            project: "other".into(),
+            ..connection("o")
+        },
+    )
+    .await;
+    let project = connection("x").project;
+    assert_eq!(store.count_project_connections(&project).await.unwrap(), 3);
+    assert_eq!(store.count_project_connections("other").await.unwrap(), 1);
+    assert_eq!(store.count_project_connections("nobody").await.unwrap(), 0);
 }
 
 async fn count_by_status_groups_connections_by_provider_and_status(store: Arc<dyn Store>) {
