@@ -125,7 +125,14 @@ pub mod outcome {
 
 /// Buckets of the refresh and HTTP latency histograms (seconds).
 const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-/// Buckets of the lateness / lag-like histograms (seconds).
+/// Buckets of the scheduled refreshes' lateness (seconds): fine below a
+/// second, where a healthy scheduler stays and where its p99 target lies
+/// (`histogram_quantile` can say no more than the buckets do), then the
+/// delay buckets for an instance that fell behind.
+const LATENESS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
+];
+/// Buckets of the other delay-like histograms (seconds).
 const DELAY_BUCKETS: &[f64] = &[
     0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
 ];
@@ -164,6 +171,7 @@ pub const HISTOGRAMS: &[&str] = &[
 fn buckets_for(name: &str) -> &'static [f64] {
     match name {
         REFRESH_DURATION_SECONDS | HTTP_REQUEST_DURATION_SECONDS => LATENCY_BUCKETS,
+        REFRESH_LATENESS_SECONDS => LATENESS_BUCKETS,
         _ => DELAY_BUCKETS,
     }
 }
@@ -228,4 +236,27 @@ pub async fn update_connection_gauges(store: &dyn thermos_store::Store) {
         metrics::gauge!(CONNECTIONS, LABEL_PROVIDER => provider.clone(), LABEL_STATUS => status.clone()).set(0.0);
     }
     keys.extend(seen);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lateness_buckets_resolve_milliseconds_and_still_reach_a_day() {
+        let buckets = buckets_for(REFRESH_LATENESS_SECONDS);
+        assert!(buckets.windows(2).all(|pair| pair[0] < pair[1]), "ascending");
+        assert_eq!(buckets.first(), Some(&0.005));
+        assert_eq!(
+            buckets.iter().filter(|b| **b < 1.0).count(),
+            7,
+            "seven buckets below a second"
+        );
+        assert!(buckets.contains(&1.0), "the p99 target is a bucket bound");
+        assert_eq!(buckets.last(), Some(&86400.0));
+        for name in HISTOGRAMS {
+            let buckets = buckets_for(name);
+            assert!(buckets.windows(2).all(|pair| pair[0] < pair[1]), "{name}: ascending");
+        }
+    }
 }
