@@ -1,6 +1,7 @@
 //! A Thermos configuration and a store pre-filled with connections,
-//! written straight through `thermos_store` (sealed with the master key),
-//! as an import would leave them but without the HTTP API in the way.
+//! written straight through `thermos_store` (sealed with the master key,
+//! in batches through `Store::insert_connections`), as an import would
+//! leave them but without the HTTP API in the way.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -89,6 +90,31 @@ impl Database {
         Ok(Some((ins as u64, upd as u64, del as u64)))
     }
 
+    /// The database's size on disk: SQLite, the file and its write-ahead
+    /// log; PostgreSQL, `pg_total_relation_size` (indexes and TOAST
+    /// included) of every table in this run's schema.
+    pub async fn size_bytes(&self) -> anyhow::Result<u64> {
+        match &self.schema {
+            Some(schema) => {
+                let pool = sqlx::PgPool::connect(&self.url).await?;
+                let bytes: i64 = sqlx::query_scalar(
+                    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::int8 FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
+                )
+                .bind(schema)
+                .fetch_one(&pool)
+                .await?;
+                pool.close().await;
+                Ok(bytes as u64)
+            }
+            None => {
+                let file = self.url.strip_prefix("sqlite://").unwrap_or(&self.url);
+                let size = |path: String| std::fs::metadata(path).map_or(0, |m| m.len());
+                Ok(size(file.to_owned()) + size(format!("{file}-wal")))
+            }
+        }
+    }
+
     /// Rows in a table (the store has no counter of its writes; rows show what was written).
     pub async fn count_rows(&self, table: &str) -> anyhow::Result<u64> {
         let n: i64 = match &self.schema {
@@ -161,7 +187,16 @@ pub struct Tokens {
     pub refresh_token: String,
 }
 
-/// What [`insert`] did.
+/// One connection to import: its tokens, when its access token expires
+/// and when it is due.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub tokens: Tokens,
+    pub expires_at: OffsetDateTime,
+    pub next_refresh_at: OffsetDateTime,
+}
+
+/// What an import did.
 #[derive(Debug)]
 pub struct Imported {
     pub ids: Vec<ConnectionId>,
@@ -174,9 +209,11 @@ impl Imported {
     }
 }
 
-/// Inserts one connection per element of `tokens` (one transaction each:
-/// the store has no batch insert), `in_flight` at a time. Each expires
-/// `expires_in` from now and is due at `due_in` from now.
+/// Connections per `insert_connections` call (one transaction each).
+pub const IMPORT_BATCH: usize = 5_000;
+
+/// Inserts one connection per element of `tokens`, each expiring
+/// `expires_in` from now and due at `due_in` from now (see [`import`]).
 pub async fn insert(
     store: &Arc<dyn Store>,
     key: &MasterKey,
@@ -185,34 +222,66 @@ pub async fn insert(
     due_in: Duration,
     in_flight: usize,
 ) -> anyhow::Result<Imported> {
-    let started = Instant::now();
     let now = thermos::engine::truncate_ms(OffsetDateTime::now_utc());
-    let rows = tokens.enumerate().map(|(i, t)| {
-        let id = ConnectionId::generate();
-        let new = NewConnection {
-            id,
-            project: PROJECT.into(),
-            provider: PROVIDER.into(),
-            external_id: format!("user-{i}"),
-            access_token: key.seal(&id, Field::AccessToken, &t.access_token.into()),
-            refresh_token: Some(key.seal(&id, Field::RefreshToken, &t.refresh_token.into())),
-            token_type: "Bearer".into(),
-            scope: None,
-            issued_at: now,
-            expires_at: now + expires_in,
-            metadata: serde_json::json!({}),
-            next_refresh_at: now + due_in,
-        };
-        let store = Arc::clone(store);
-        async move { store.insert_connection(new, now, Vec::new()).await.map(|_| id) }
+    let rows = tokens.map(|tokens| Row {
+        tokens,
+        expires_at: now + expires_in,
+        next_refresh_at: now + due_in,
     });
-    let mut inserted = futures::stream::iter(rows).buffered(in_flight.max(1));
+    import(store, key, rows, now, in_flight).await
+}
+
+/// Imports one connection per row, `user-{i}` of project and provider
+/// `bench`, issued at `now`: sealed here with the master key and written
+/// with the store's batch insert, [`IMPORT_BATCH`] connections a
+/// transaction, `in_flight` batches at once (the next batch is sealed while
+/// the last one is written).
+pub async fn import(
+    store: &Arc<dyn Store>,
+    key: &MasterKey,
+    rows: impl Iterator<Item = Row>,
+    now: OffsetDateTime,
+    in_flight: usize,
+) -> anyhow::Result<Imported> {
+    let started = Instant::now();
+    let mut rows = rows.enumerate().peekable();
+    let batches = std::iter::from_fn(move || {
+        rows.peek()?;
+        Some(rows.by_ref().take(IMPORT_BATCH).collect::<Vec<_>>())
+    });
+    let mut writes = futures::stream::iter(batches)
+        .map(|batch| {
+            let new: Vec<NewConnection> = batch.into_iter().map(|(i, row)| sealed(key, i, row, now)).collect();
+            let ids: Vec<ConnectionId> = new.iter().map(|c| c.id).collect();
+            let store = Arc::clone(store);
+            async move { store.insert_connections(new, now, Vec::new()).await.map(|()| ids) }
+        })
+        .buffered(in_flight.max(1));
     let mut ids = Vec::new();
-    while let Some(id) = inserted.next().await {
-        ids.push(id.context("insert a connection")?);
+    while let Some(batch) = writes.next().await {
+        ids.extend(batch.context("insert a batch of connections")?);
     }
     Ok(Imported {
         ids,
         elapsed: started.elapsed(),
     })
+}
+
+/// Row `i` as a new connection, its tokens sealed for its id.
+fn sealed(key: &MasterKey, i: usize, row: Row, now: OffsetDateTime) -> NewConnection {
+    let id = ConnectionId::generate();
+    NewConnection {
+        id,
+        project: PROJECT.into(),
+        provider: PROVIDER.into(),
+        external_id: format!("user-{i}"),
+        access_token: key.seal(&id, Field::AccessToken, &row.tokens.access_token.into()),
+        refresh_token: Some(key.seal(&id, Field::RefreshToken, &row.tokens.refresh_token.into())),
+        token_type: "Bearer".into(),
+        scope: None,
+        issued_at: now,
+        expires_at: row.expires_at,
+        metadata: serde_json::json!({}),
+        next_refresh_at: row.next_refresh_at,
+    }
 }

@@ -4,7 +4,9 @@
 //! connections, closed-loop or (with `--rate`) paced, for a bounded time;
 //! prints one JSON line: requests/s and latency percentiles (hdrhistogram).
 //! Paced latencies are measured from the planned send time, so a stalled
-//! server is not hidden by a stalled client (coordinated omission).
+//! server is not hidden by a stalled client (coordinated omission). With
+//! `--check-expiry` it also reads each token's `expires_at` and counts those
+//! already expired when the answer arrived (`steady-state` uses it).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +45,9 @@ pub struct LoadArgs {
     /// Seconds of load before measuring (not recorded).
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// Count the tokens whose `expires_at` had passed when they arrived.
+    #[arg(long)]
+    check_expiry: bool,
 }
 
 #[derive(Default)]
@@ -50,6 +55,22 @@ struct Tally {
     histogram: Option<Histogram<u64>>,
     ok: u64,
     errors: u64,
+    /// Tokens already expired when they arrived (with `--check-expiry`).
+    expired: u64,
+    /// The least time a token had left when it arrived, in ms.
+    min_ttl_ms: Option<i64>,
+}
+
+/// The milliseconds a token answer had left at `received` (negative:
+/// expired), from its `expires_at`; `None` if the body has none.
+fn ttl_ms(body: &[u8], received: time::OffsetDateTime) -> Option<i64> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let expires_at = time::OffsetDateTime::parse(
+        value["expires_at"].as_str()?,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    Some((expires_at - received).whole_milliseconds() as i64)
 }
 
 pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
@@ -76,6 +97,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..args.concurrency {
         let (http, ids, auth, base) = (http.clone(), ids.clone(), auth.clone(), args.url.clone());
+        let check_expiry = args.check_expiry;
         tasks.spawn(async move {
             let mut tally = Tally {
                 histogram: Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
@@ -103,15 +125,25 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                     .header(reqwest::header::AUTHORIZATION, &auth)
                     .send()
                     .await;
-                let ok = match answer {
+                let (ok, ttl) = match answer {
                     Ok(r) => {
                         let success = r.status().is_success();
-                        r.bytes().await.is_ok() && success
+                        match r.bytes().await {
+                            Ok(body) if success && check_expiry => {
+                                (true, ttl_ms(&body, time::OffsetDateTime::now_utc()))
+                            }
+                            Ok(_) => (success, None),
+                            Err(_) => (false, None),
+                        }
                     }
-                    Err(_) => false,
+                    Err(_) => (false, None),
                 };
                 if sent < measure_from {
                     continue;
+                }
+                if let Some(ttl) = ttl {
+                    tally.expired += u64::from(ttl <= 0);
+                    tally.min_ttl_ms = Some(tally.min_ttl_ms.map_or(ttl, |least| least.min(ttl)));
                 }
                 if ok {
                     tally.ok += 1;
@@ -127,11 +159,16 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         });
     }
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
-    let (mut ok, mut errors) = (0, 0);
+    let (mut ok, mut errors, mut expired, mut min_ttl_ms) = (0, 0, 0, None::<i64>);
     while let Some(tally) = tasks.join_next().await {
         let tally = tally.context("a load task panicked")?;
         ok += tally.ok;
         errors += tally.errors;
+        expired += tally.expired;
+        min_ttl_ms = match (min_ttl_ms, tally.min_ttl_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(h) = tally.histogram {
             all.add(h).context("merge histograms")?;
         }
@@ -149,6 +186,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             "p999_ms": ms(0.999),
             "max_ms": all.max() as f64 / 1000.0,
             "load_generator_cpu_seconds": proc::cpu_time("self")?.as_secs_f64(),
+            "expiry_checked": args.check_expiry,
+            "tokens_expired_on_arrival": expired,
+            "least_ttl_on_arrival_ms": min_ttl_ms,
         })
     );
     Ok(())

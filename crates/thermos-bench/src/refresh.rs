@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use thermos::engine::Engine;
-use thermos::provider::RefreshClient;
 use thermos_core::seal::MasterKey;
-use tokio_util::sync::CancellationToken;
 
+use crate::engine::{self, Phase};
 use crate::fixture::{self, Backend, Database, Tokens};
 use crate::proc;
 use crate::provider::{Grant, Provider};
@@ -47,47 +45,6 @@ pub struct RefreshArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
-}
-
-/// One phase's figures.
-#[derive(Debug)]
-struct Phase {
-    done: u64,
-    failed: u64,
-    elapsed: Duration,
-    cpu: Duration,
-    provider_cpu: Duration,
-    /// Allocations and bytes allocated by this process during the phase.
-    allocated: (u64, u64),
-}
-
-impl Phase {
-    fn rate(&self) -> f64 {
-        self.done as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-    fn cpu_us_per(&self) -> f64 {
-        self.cpu.as_secs_f64() * 1e6 / (self.done.max(1) as f64)
-    }
-    fn provider_cpu_us_per(&self) -> f64 {
-        self.provider_cpu.as_secs_f64() * 1e6 / (self.done.max(1) as f64)
-    }
-    fn allocated_per(&self) -> (f64, f64) {
-        let n = self.done.max(1) as f64;
-        (self.allocated.0 as f64 / n, self.allocated.1 as f64 / n)
-    }
-    fn json(&self) -> Value {
-        json!({
-            "allocations_per_request": self.allocated_per().0,
-            "bytes_allocated_per_request": self.allocated_per().1,
-            "succeeded": self.done,
-            "failed": self.failed,
-            "seconds": self.elapsed.as_secs_f64(),
-            "per_second": self.rate(),
-            "cpu_us_per_request": self.cpu_us_per(),
-            "provider_cpu_us_per_request": self.provider_cpu_us_per(),
-            "cpu_percent_of_one_core": 100.0 * self.cpu.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9),
-        })
-    }
 }
 
 pub async fn run(args: RefreshArgs) -> anyhow::Result<()> {
@@ -135,7 +92,10 @@ pub async fn run(args: RefreshArgs) -> anyhow::Result<()> {
             args.backend.as_str(),
             proc::cpus()
         );
-        println!("  import           {import:>9.0} connections/s (one insert transaction each)");
+        println!(
+            "  import           {import:>9.0} connections/s (batch insert, {} a transaction)",
+            fixture::IMPORT_BATCH
+        );
         println!(
             "  thermos          {:>9.0} refreshes/s  ({} ok, {} failed in {:.2} s)",
             thermos.rate(),
@@ -221,57 +181,14 @@ async fn measure(
     // Truncated timestamps: make sure every row is due by the time the engine looks.
     tokio::time::sleep(Duration::from_millis(5)).await;
 
-    let engine = Engine::new(
-        Arc::clone(&store),
-        Arc::new(key),
-        config.providers.clone(),
-        RefreshClient::new(config.refresh.request_timeout),
-        thermos::app::system_clock(),
-        thermos::app::engine_settings(&config, thermos::app::instance_name()),
-    );
+    let engine = engine::build(&store, key, &config);
     let pid = provider.pid();
     let stat_lag = Duration::from_millis(1500);
     if db.schema.is_some() {
         tokio::time::sleep(stat_lag).await;
     }
     let writes0 = db.row_writes().await.context("read row statistics")?;
-    let (cpu0, pcpu0, alloc0, started) = (
-        proc::cpu_time("self")?,
-        proc::cpu_time(&pid)?,
-        crate::allocated(),
-        Instant::now(),
-    );
-    let cancel = CancellationToken::new();
-    let driver = tokio::spawn({
-        let (engine, cancel) = (engine.clone(), cancel.clone());
-        async move { engine.drive(cancel).await }
-    });
-    let target = n as u64;
-    loop {
-        let stats = engine.stats();
-        if stats.refreshed + stats.needs_reauth >= target && engine.in_flight() == 0 {
-            break;
-        }
-        if started.elapsed() > timeout {
-            cancel.cancel();
-            bail!("Thermos refreshed only {} of {n} within {timeout:?}", stats.refreshed);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let elapsed = started.elapsed();
-    let (cpu1, pcpu1, alloc1) = (proc::cpu_time("self")?, proc::cpu_time(&pid)?, crate::allocated());
-    cancel.cancel();
-    let _ = driver.await;
-    engine.wait_idle(Duration::from_secs(10)).await;
-    let stats = engine.stats();
-    let thermos = Phase {
-        done: stats.refreshed,
-        failed: stats.failed,
-        elapsed,
-        cpu: cpu1.saturating_sub(cpu0),
-        provider_cpu: pcpu1.saturating_sub(pcpu0),
-        allocated: (alloc1.0 - alloc0.0, alloc1.1 - alloc0.1),
-    };
+    let thermos = engine::refresh_until(&engine, n as u64, &pid, timeout).await?;
     drop(engine);
     drop(store);
     let mut rows = serde_json::Map::new();

@@ -8,7 +8,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -19,6 +19,7 @@ use crate::fixture::{self, Backend, Database, Tokens};
 use crate::load::KEY_ENV;
 use crate::proc::{self, ChildGuard};
 use crate::provider::Provider;
+use crate::server::{Server, free_port};
 
 #[derive(Debug, Args)]
 pub struct TokenApiArgs {
@@ -34,7 +35,7 @@ pub struct TokenApiArgs {
     /// Paced total request rate (per second).
     #[arg(long)]
     rate: Option<f64>,
-    /// Inserts in flight while filling the store.
+    /// Batches of connections in flight while filling the store.
     #[arg(long, default_value_t = 8)]
     import_in_flight: usize,
     /// The `thermos` binary (default: beside this one).
@@ -97,21 +98,17 @@ pub async fn run(args: TokenApiArgs) -> anyhow::Result<()> {
 
     // The server.
     let admin_key = format!("bench-{:032x}", rand::rng().random::<u128>());
-    let thermos_bin = proc::sibling_binary("thermos", args.thermos_bin.as_deref())?;
-    let log = std::fs::File::create(dir.path().join("thermos.log")).context("server log")?;
-    let mut command = Command::new(thermos_bin);
-    command
-        .arg("--config")
-        .arg(&config_path)
-        .arg("serve")
-        .env("THERMOS_ADMIN_KEY", &admin_key)
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    let spawned = Instant::now();
-    let mut server = ChildGuard::spawn("thermos serve", command)?;
-    let http = reqwest::Client::new();
-    let startup = wait_ready(&http, &base, &mut server, spawned, Duration::from_secs(120)).await?;
-    let server_pid = server.pid().to_string();
+    let server = Server::start(
+        args.thermos_bin.as_deref(),
+        &config_path,
+        &base,
+        &[("THERMOS_ADMIN_KEY", &admin_key)],
+        &dir.path().join("thermos.log"),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let startup = server.startup;
+    let server_pid = server.pid();
     let (rss_ready, _) = proc::memory(&server_pid)?;
 
     // The load, from another process.
@@ -176,9 +173,10 @@ pub async fn run(args: TokenApiArgs) -> anyhow::Result<()> {
             proc::cpus()
         );
         println!(
-            "  import           {:>9.0} connections/s ({:.1} s; one insert transaction each)",
+            "  import           {:>9.0} connections/s ({:.1} s; batch insert, {} a transaction)",
             imported.per_second(),
-            imported.elapsed.as_secs_f64()
+            imported.elapsed.as_secs_f64(),
+            fixture::IMPORT_BATCH
         );
         println!(
             "  database         {:>9.0} bytes per connection",
@@ -224,34 +222,4 @@ pub async fn run(args: TokenApiArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// A loopback port free a moment ago (the server binds it next).
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// Polls `/ready` every 5 ms until 200; the time since `spawned`.
-async fn wait_ready(
-    http: &reqwest::Client,
-    base: &str,
-    server: &mut ChildGuard,
-    spawned: Instant,
-    within: Duration,
-) -> anyhow::Result<Duration> {
-    loop {
-        if let Ok(r) = http.get(format!("{base}/ready")).send().await
-            && r.status().is_success()
-        {
-            return Ok(spawned.elapsed());
-        }
-        if let Some(status) = server.exited() {
-            bail!("thermos serve exited during start-up ({status}); see its log");
-        }
-        if spawned.elapsed() > within {
-            bail!("thermos serve not ready within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
