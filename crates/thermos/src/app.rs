@@ -189,6 +189,8 @@ impl Application {
             engine_alive: Arc::new(AtomicBool::new(true)),
             allow_private_targets: config.security.allow_private_targets,
             egress: EgressPolicy::new(config.security.allow_private_targets, lookup),
+            limits: config.limits.clone(),
+            import_lock: Arc::default(),
         };
         Ok(Self {
             listener,

@@ -27,7 +27,8 @@ use crate::metrics as m;
 /// Default `min_ttl` of `GET …/token`, in seconds.
 pub const DEFAULT_MIN_TTL_SECS: u64 = 60;
 const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 1000;
+/// Largest `limit` of a connection or attempt listing; more is refused (400).
+pub const MAX_PAGE: u32 = 1000;
 const MAX_EXTERNAL_ID: usize = 255;
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Longest token lifetime accepted at import (10 years).
@@ -88,7 +89,23 @@ pub async fn create(
         external_id: &new.external_id,
     };
     let created = events::subject_event("connection.created", &subject, serde_json::json!({}), now);
-    let record = state.engine.store().insert_connection(new, now, vec![created]).await?;
+    let record = match state.limits.max_connections_per_project {
+        None => state.engine.store().insert_connection(new, now, vec![created]).await?,
+        Some(max) => {
+            let _counting = state.import_lock.lock().await;
+            let held = state.engine.store().count_project_connections(&new.project).await?;
+            if held >= u64::from(max) {
+                return Err(ApiError::new(
+                    ErrorKind::Forbidden,
+                    format!(
+                        "project {:?} holds {held} connections, the maximum (limits.max_connections_per_project = {max}); delete some or raise the limit",
+                        new.project
+                    ),
+                ));
+            }
+            state.engine.store().insert_connection(new, now, vec![created]).await?
+        }
+    };
     state.engine.events_committed();
     tracing::info!(connection_id = %record.id, provider = %record.provider, "connection imported");
     state.engine.wake();
@@ -248,10 +265,10 @@ pub async fn attempts(
     ApiQuery(query): ApiQuery<AttemptsQuery>,
 ) -> Result<Json<DataList<AttemptView>>, ApiError> {
     visible(&state, &caller, id).await?;
-    let limit = query
-        .limit
-        .unwrap_or(thermos_store::ATTEMPTS_KEPT_PER_CONNECTION)
-        .clamp(1, 1000);
+    let limit = query.limit.unwrap_or(thermos_store::ATTEMPTS_KEPT_PER_CONNECTION);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!("limit: must be 1-{MAX_PAGE}")));
+    }
     let attempts = state.engine.store().list_attempts(id, limit).await?;
     Ok(Json(DataList {
         data: attempts.iter().map(AttemptView::from).collect(),

@@ -35,6 +35,10 @@ pub enum ErrorKind {
     RateLimited,
     NeedsReauth,
     ProviderError,
+    /// The request body is over `limits.max_body_bytes`.
+    PayloadTooLarge,
+    /// The request target and headers are over `limits.max_header_bytes`.
+    HeadersTooLarge,
 }
 
 impl ErrorKind {
@@ -51,6 +55,8 @@ impl ErrorKind {
             Self::RateLimited => (1607, "rate_limited", StatusCode::TOO_MANY_REQUESTS),
             Self::NeedsReauth => (1610, "needs_reauth", StatusCode::CONFLICT),
             Self::ProviderError => (1611, "provider_error", StatusCode::BAD_GATEWAY),
+            Self::PayloadTooLarge => (1612, "payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            Self::HeadersTooLarge => (1613, "headers_too_large", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
         }
     }
 }

@@ -2,11 +2,30 @@
 //! plain-text defaults.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use thermos_core::id::ConnectionId;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorKind};
+
+/// The body limit in force for a request (put there by the limits
+/// middleware), for the message of a 413.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+fn body_limit(req: &Request) -> Option<usize> {
+    req.extensions().get::<BodyLimit>().map(|l| l.0)
+}
+
+/// 413, code 1612.
+fn too_large(limit: Option<usize>) -> ApiError {
+    let at_most = limit.map_or_else(String::new, |n| format!(" of {n} bytes"));
+    ApiError::new(
+        ErrorKind::PayloadTooLarge,
+        format!("request body over the limit{at_most} (limits.max_body_bytes)"),
+    )
+}
 
 /// A JSON body; any problem is a 400 with code 1600 naming it.
 #[derive(Debug)]
@@ -16,8 +35,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = body_limit(&req);
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large(limit)),
             Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
         }
     }
@@ -31,9 +52,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = body_limit(&req);
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|r| ApiError::bad_request(r.body_text()))?;
+            .map_err(|r| match r.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => too_large(limit),
+                _ => ApiError::bad_request(r.body_text()),
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }

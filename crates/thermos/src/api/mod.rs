@@ -39,8 +39,6 @@ use tracing::Instrument;
 use crate::engine::Engine;
 use error::{ApiError, REQUEST_ID};
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What every handler can reach.
@@ -56,6 +54,11 @@ pub struct AppState {
     /// The SSRF guard for URLs a project supplies (same setting, and the
     /// resolver used to check host names at registration).
     pub egress: crate::egress::EgressPolicy,
+    /// `[limits]`: body and header size, request timeout, connections per project.
+    pub limits: crate::config::LimitsConfig,
+    /// Held across counting and inserting while a per-project connection
+    /// limit is set, so concurrent imports on this instance cannot pass it.
+    pub import_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The full router: `/v1/…`, `/health`, `/ready`, `/metrics`.
@@ -65,6 +68,7 @@ pub struct AppState {
 /// inside the deployment.
 pub fn router(state: AppState) -> Router {
     crate::metrics::install();
+    let limits = state.limits.clone();
     let v1 = Router::new()
         .route("/connections", post(connections::create).get(connections::list))
         .route("/connections/{id}", get(connections::show).delete(connections::delete))
@@ -93,7 +97,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes as usize))
+        .layer(middleware::from_fn_with_state(limits, enforce_limits))
         .layer(middleware::from_fn(request_context))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
@@ -149,6 +154,50 @@ async fn request_context(request: Request, next: Next) -> Response {
         )
     });
     response
+}
+
+/// `[limits]` on every request: the size of the request target and headers
+/// (431, code 1613) and the time to answer, body upload included (503,
+/// code 1602). The body size is enforced where the body is read
+/// (`extract.rs`: 413, code 1612); this tells it the limit for its message.
+/// A request cut off by the timeout is dropped: a refresh it started goes
+/// on (flights run on their own tasks).
+async fn enforce_limits(
+    State(limits): State<crate::config::LimitsConfig>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let target = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let max_header_bytes = limits.max_header_bytes as usize;
+    if target + header_bytes > max_header_bytes {
+        return ApiError::new(
+            error::ErrorKind::HeadersTooLarge,
+            format!(
+                "request target and headers are {} bytes, over the limit of {max_header_bytes} (limits.max_header_bytes)",
+                target + header_bytes
+            ),
+        )
+        .into_response();
+    }
+    request
+        .extensions_mut()
+        .insert(extract::BodyLimit(limits.max_body_bytes as usize));
+    match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            error::ErrorKind::Unavailable,
+            format!(
+                "request not completed within {} (limits.request_timeout)",
+                humantime::format_duration(limits.request_timeout)
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// HTTP metrics: the route label is the matched template, never the raw path.

@@ -49,7 +49,10 @@ const ERROR_DESCRIPTION: &str = "Every error is `{\"error\": {code, type, messag
 | 1602 | unavailable | 503 (with `Retry-After`) |\n| 1603 | not_found | 404 |\n\
 | 1604 | conflict | 409 |\n| 1605 | unauthorized | 401 |\n| 1606 | forbidden | 403 |\n\
 | 1607 | rate_limited | 429 (with `Retry-After`) |\n| 1610 | needs_reauth | 409 |\n\
-| 1611 | provider_error | 502 |\n";
+| 1611 | provider_error | 502 |\n\
+| 1612 | payload_too_large | 413 (body over `limits.max_body_bytes`) |\n\
+| 1613 | headers_too_large | 431 (target and headers over `limits.max_header_bytes`) |\n\n\
+A request not answered within `limits.request_timeout` gets 1602 (503).\n";
 
 fn schema_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
@@ -73,7 +76,10 @@ fn responses(success: (&str, Value), extra: &[&str]) -> Value {
             json!({"$ref": format!("#/components/responses/E{code}")}),
         );
     }
-    map.insert("500".into(), json!({"$ref": "#/components/responses/E500"}));
+    // Every route: the size limits, and the request timeout (503).
+    for code in ["413", "431", "500", "503"] {
+        map.insert(code.into(), json!({"$ref": format!("#/components/responses/E{code}")}));
+    }
     Value::Object(map)
 }
 
@@ -213,8 +219,8 @@ fn schemas() -> Value {
     }
     json!({
         "Error": object(&["error"], json!({"error": object(&["code", "type", "message", "request_id"], json!({
-            "code": {"type": "integer", "enum": [1600, 1601, 1602, 1603, 1604, 1605, 1606, 1607, 1610, 1611]},
-            "type": {"type": "string", "enum": ["bad_request", "internal", "unavailable", "not_found", "conflict", "unauthorized", "forbidden", "rate_limited", "needs_reauth", "provider_error"]},
+            "code": {"type": "integer", "enum": [1600, 1601, 1602, 1603, 1604, 1605, 1606, 1607, 1610, 1611, 1612, 1613]},
+            "type": {"type": "string", "enum": ["bad_request", "internal", "unavailable", "not_found", "conflict", "unauthorized", "forbidden", "rate_limited", "needs_reauth", "provider_error", "payload_too_large", "headers_too_large"]},
             "message": {"type": "string"},
             "request_id": {"type": "string"},
         }))})),
@@ -380,13 +386,21 @@ fn error_responses() -> Value {
     for (code, description) in [
         ("400", "bad request (1600)"),
         ("401", "missing or unknown API key (1605)"),
-        ("403", "the key may not do this (1606)"),
+        (
+            "403",
+            "the key may not do this, or the project is at limits.max_connections_per_project (1606)",
+        ),
         ("404", "not found (1603)"),
         ("409", "conflict (1604) or needs_reauth (1610)"),
+        ("413", "request body over limits.max_body_bytes (1612)"),
+        ("431", "request target and headers over limits.max_header_bytes (1613)"),
         ("429", "rate limited (1607); see `Retry-After`"),
         ("500", "internal error (1601); see the server log for the request_id"),
         ("502", "the provider failed (1611)"),
-        ("503", "unavailable (1602); see `Retry-After`"),
+        (
+            "503",
+            "unavailable, or not answered within limits.request_timeout (1602); see `Retry-After`",
+        ),
     ] {
         map.insert(
             format!("E{code}"),
@@ -399,7 +413,13 @@ fn error_responses() -> Value {
 /// The whole document.
 pub fn document() -> Value {
     let id = || path_param("id", "connection id");
-    let limit = || query("limit", json!({"type": "integer", "minimum": 1}), "page size");
+    let limit = |max: u32| {
+        query(
+            "limit",
+            json!({"type": "integer", "minimum": 1, "maximum": max}),
+            "page size (more than the maximum is refused, 400)",
+        )
+    };
     let cursor = || {
         query(
             "cursor",
@@ -442,7 +462,7 @@ pub fn document() -> Value {
                     project(),
                     query("provider", json!({"type": "string"}), "provider slug"),
                     query("status", json!({"type": "string"}), "connection status"),
-                    limit(), cursor(),
+                    limit(super::connections::MAX_PAGE), cursor(),
                 ], None, responses(("200", ok("a page of connections", schema_ref("ConnectionPage"))), &[])),
             },
             "/v1/connections/{id}": {
@@ -473,7 +493,7 @@ pub fn document() -> Value {
                     responses(("200", ok("the connection", schema_ref("Connection"))), &["404"])),
             },
             "/v1/connections/{id}/attempts": {
-                "get": op("listAttempts", "connections", "Recent refresh attempts", vec![id(), limit()], None,
+                "get": op("listAttempts", "connections", "Recent refresh attempts", vec![id(), limit(super::connections::MAX_PAGE)], None,
                     responses(("200", ok("attempts, newest first", schema_ref("AttemptList"))), &["404"])),
             },
             "/v1/apps": {
@@ -505,7 +525,7 @@ pub fn document() -> Value {
                     query("connection_id", json!({"type": "string"}), "connection id"),
                     query("delivery_status", json!({"type": "string", "enum": ["pending", "delivered", "failed"]}),
                         "events with a delivery in that state"),
-                    project(), limit(), cursor(),
+                    project(), limit(super::events::MAX_EVENTS_PAGE), cursor(),
                 ], None, responses(("200", ok("a page of events", schema_ref("EventPage"))), &[])),
             },
             "/v1/events/{id}": {
@@ -520,7 +540,7 @@ pub fn document() -> Value {
                 "post": op("startRun", "runs", "Start a bulk refresh run over the matching connections", vec![],
                     Some((schema_ref("StartRun"), true)),
                     responses(("202", ok("started; poll GET /v1/runs/{id}", schema_ref("Run"))), &[])),
-                "get": op("listRuns", "runs", "Recent runs, newest first", vec![limit()], None,
+                "get": op("listRuns", "runs", "Recent runs, newest first", vec![limit(super::runs::MAX_LIST_LIMIT)], None,
                     responses(("200", ok("the runs", schema_ref("RunList"))), &[])),
             },
             "/v1/runs/{id}": {

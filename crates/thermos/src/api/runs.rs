@@ -25,6 +25,8 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use crate::engine::run::RunFilter;
 
+/// Largest `limit` of `GET /v1/runs`; more is refused (400).
+pub const MAX_LIST_LIMIT: u32 = 1000;
 /// Runs listed when no limit is given.
 pub const DEFAULT_LIST_LIMIT: u32 = 50;
 
@@ -169,7 +171,10 @@ pub async fn list(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListRunsQuery>,
 ) -> Result<Json<DataList<RunView>>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, 1000);
+    let limit = query.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::bad_request(format!("limit: must be 1-{MAX_LIST_LIMIT}")));
+    }
     let runs = state.engine.store().list_runs(limit).await?;
     Ok(Json(DataList {
         data: runs.iter().filter(|r| visible(&caller, r)).map(RunView::from).collect(),

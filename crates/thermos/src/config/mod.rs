@@ -101,6 +101,8 @@ pub struct Config {
     pub runs: RunsConfig,
     /// `[telemetry]`.
     pub telemetry: TelemetryConfig,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
 }
 
 /// `[server]`: where Thermos listens and how browsers reach it.
@@ -214,6 +216,39 @@ impl Default for OutboxConfig {
     fn default() -> Self {
         Self {
             retention: DEFAULT_OUTBOX_RETENTION,
+        }
+    }
+}
+
+/// Default `limits.max_body_bytes`: 256 KiB.
+pub const DEFAULT_MAX_BODY_BYTES: u32 = 256 * 1024;
+/// Default `limits.max_header_bytes`: 32 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 32 * 1024;
+/// Default `limits.request_timeout`: longer than the default
+/// `refresh.request_timeout`, so an on-demand refresh can finish.
+pub const DEFAULT_API_REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// `[limits]`: what one API request, and one project, may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Largest request body; a larger one is answered 413 (code 1612).
+    pub max_body_bytes: u32,
+    /// Largest request target plus headers; more is answered 431 (code 1613).
+    pub max_header_bytes: u32,
+    /// A request not answered within this (body upload included) is
+    /// answered 503 (code 1602).
+    pub request_timeout: Duration,
+    /// Most connections one project may hold; `None` (the default): no limit.
+    pub max_connections_per_project: Option<u32>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            request_timeout: DEFAULT_API_REQUEST_TIMEOUT,
+            max_connections_per_project: None,
         }
     }
 }
@@ -457,6 +492,7 @@ impl Default for Config {
             engine: EngineConfig { enabled: true },
             runs: RunsConfig::default(),
             telemetry: TelemetryConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -493,6 +529,7 @@ impl fmt::Debug for Config {
             .field("engine", &self.engine)
             .field("runs", &self.runs)
             .field("telemetry", &self.telemetry)
+            .field("limits", &self.limits)
             .finish()
     }
 }

@@ -40,6 +40,8 @@ pub(super) struct RawConfig {
     pub runs: RawRuns,
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    #[serde(default)]
+    pub limits: RawLimits,
 }
 
 /// The sections an environment override may name (`[[provider]]` is a list
@@ -54,6 +56,7 @@ pub(super) const ENV_SECTIONS: &[&str] = &[
     "engine",
     "runs",
     "telemetry",
+    "limits",
 ];
 
 /// `[server]`.
@@ -72,6 +75,16 @@ pub(super) struct RawDatabase {
     pub max_connections: Option<Scalar>,
     pub acquire_timeout: Option<Scalar>,
     pub schema: Option<String>,
+}
+
+/// `[limits]`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub max_body_bytes: Option<Scalar>,
+    pub max_header_bytes: Option<Scalar>,
+    pub request_timeout: Option<Scalar>,
+    pub max_connections_per_project: Option<Scalar>,
 }
 
 /// `[security]`.

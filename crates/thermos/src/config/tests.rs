@@ -751,3 +751,50 @@ fn with_postgres_and_no_key_none_is_generated() {
     );
     assert!(!key_file.exists());
 }
+
+#[test]
+fn limits_default_to_256_kib_bodies_32_kib_headers_90_s_and_no_connection_cap() {
+    let limits = Config::from_toml_str("").unwrap().limits;
+    assert_eq!(limits.max_body_bytes, 256 * 1024);
+    assert_eq!(limits.max_header_bytes, 32 * 1024);
+    assert_eq!(limits.request_timeout, Duration::from_secs(90));
+    assert_eq!(limits.max_connections_per_project, None);
+}
+
+#[test]
+fn limits_come_from_the_file_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        dir.path(),
+        "[limits]\nmax_body_bytes = 65536\nrequest_timeout = \"30s\"\nmax_connections_per_project = 10\n",
+    );
+    let vars = env(&[
+        ("THERMOS_LIMITS__MAX_CONNECTIONS_PER_PROJECT", "500"),
+        ("THERMOS_LIMITS__MAX_HEADER_BYTES", "8192"),
+    ]);
+    let limits = Config::load_from(Some(&path), vars).unwrap().limits;
+    assert_eq!(limits.max_body_bytes, 65536);
+    assert_eq!(limits.max_header_bytes, 8192);
+    assert_eq!(limits.request_timeout, Duration::from_secs(30));
+    assert_eq!(limits.max_connections_per_project, Some(500));
+}
+
+#[test]
+fn every_bad_limit_is_reported_with_its_key() {
+    let found = problems(Config::from_toml_str(
+        "[limits]\nmax_body_bytes = 100\nmax_header_bytes = \"lots\"\nrequest_timeout = 5\nmax_connections_per_project = 0\nmax_bodies = 1\n",
+    ));
+    // An unknown key stops parsing before the values are checked.
+    assert!(has(&found, "max_bodies"), "{found:?}");
+    let found = problems(Config::from_toml_str(
+        "[limits]\nmax_body_bytes = 100\nmax_header_bytes = \"lots\"\nrequest_timeout = 5\nmax_connections_per_project = 0\n",
+    ));
+    for key in [
+        "limits.max_body_bytes: must be at least 16384",
+        "limits.max_header_bytes: expected a whole number",
+        "limits.request_timeout: expected a duration",
+        "limits.max_connections_per_project: must be at least 1",
+    ] {
+        assert!(has(&found, key), "{key} missing from {found:?}");
+    }
+}

@@ -18,14 +18,19 @@ use thermos_core::plan::{
 };
 use url::Url;
 
-use super::raw::{RawAlerts, RawConfig, RawDatabase, RawOutbox, RawRefresh, RawRuns, Scalar};
+use super::raw::{RawAlerts, RawConfig, RawDatabase, RawLimits, RawOutbox, RawRefresh, RawRuns, Scalar};
 use super::{
     AlertFormat, AlertsConfig, Config, DEFAULT_ADMIN_KEY_ENV, DEFAULT_ALERT_WINDOW, DEFAULT_DATABASE_URL,
     DEFAULT_ESCALATE_AFTER, DEFAULT_FAILURE_THRESHOLD, DEFAULT_LISTEN, DEFAULT_MASTER_KEY_FILE_NAME,
     DEFAULT_MAX_CONCURRENCY, DEFAULT_OUTBOX_RETENTION, DEFAULT_POOL_ACQUIRE_TIMEOUT, DEFAULT_POOL_MAX_CONNECTIONS,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RUN_STALE_AFTER, DEFAULT_SWEEP_OVERDUE_BY, EngineConfig, OutboxConfig, PoolConfig,
-    Problem, RefreshConfig, RunsConfig, SecurityConfig, ServerConfig,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RUN_STALE_AFTER, DEFAULT_SWEEP_OVERDUE_BY, EngineConfig, LimitsConfig,
+    OutboxConfig, PoolConfig, Problem, RefreshConfig, RunsConfig, SecurityConfig, ServerConfig,
 };
+
+/// The smallest `limits.max_body_bytes`: a connection import with long tokens fits.
+const MIN_BODY_BYTES: u32 = 16 * 1024;
+/// The smallest `limits.max_header_bytes`: an API key and ordinary headers fit.
+const MIN_HEADER_BYTES: u32 = 4 * 1024;
 
 /// The shortest `alerts.window`.
 const MIN_ALERT_WINDOW: Duration = Duration::from_secs(1);
@@ -104,6 +109,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
     };
     let runs = c.runs(&raw.runs);
     let telemetry = c.telemetry(&raw.telemetry);
+    let limits = c.limits(&raw.limits);
 
     if !c.problems.is_empty() {
         return Err(c.problems);
@@ -120,6 +126,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
         engine,
         runs,
         telemetry,
+        limits,
     })
 }
 
@@ -305,6 +312,38 @@ impl Checker {
         match raw {
             None => Some(None),
             Some(raw) => self.whole(key, Some(raw), min, min).map(Some),
+        }
+    }
+
+    fn limits(&mut self, raw: &RawLimits) -> LimitsConfig {
+        let defaults = LimitsConfig::default();
+        let max_body_bytes = self.whole(
+            "limits.max_body_bytes",
+            raw.max_body_bytes.as_ref(),
+            defaults.max_body_bytes,
+            MIN_BODY_BYTES,
+        );
+        let max_header_bytes = self.whole(
+            "limits.max_header_bytes",
+            raw.max_header_bytes.as_ref(),
+            defaults.max_header_bytes,
+            MIN_HEADER_BYTES,
+        );
+        let request_timeout = self.duration(
+            "limits.request_timeout",
+            raw.request_timeout.as_ref(),
+            defaults.request_timeout,
+        );
+        let max_connections_per_project = self.optional_whole(
+            "limits.max_connections_per_project",
+            raw.max_connections_per_project.as_ref(),
+            1,
+        );
+        LimitsConfig {
+            max_body_bytes: max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_header_bytes: max_header_bytes.unwrap_or(defaults.max_header_bytes),
+            request_timeout: request_timeout.unwrap_or(defaults.request_timeout),
+            max_connections_per_project: max_connections_per_project.flatten(),
         }
     }
 
