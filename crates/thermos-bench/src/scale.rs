@@ -295,7 +295,6 @@ async fn measure(
     let imported = fixture::import(&store, &key, rows, now, args.import_in_flight).await?;
     drop(store);
     let due: Vec<ConnectionId> = imported.ids.iter().step_by(stride).take(refreshed).copied().collect();
-    let database_bytes = db.size_bytes().await.context("database size")?;
 
     // The real server: start-up and memory when ready.
     let admin_key = format!("bench-{:032x}", rand::rng().random::<u128>());
@@ -314,6 +313,8 @@ async fn measure(
     let startup = server.startup;
     let (rss_ready, _) = proc::memory(&server.pid())?;
     server.stop(Duration::from_secs(30))?;
+    // At rest: the server's graceful stop checkpointed SQLite's log.
+    let database_bytes = db.size_bytes().await.context("database size")?;
 
     // The refreshes, by the engine in this process.
     let store = thermos::app::open_store(&config).await?;
