@@ -392,7 +392,7 @@ fn report(args: &SteadyArgs, schedule: Schedule, load_before: f64, m: &Measured,
         "  import           {:>9.0} connections/s; start-up {:.3} s{}",
         m.import_per_second,
         m.startup.as_secs_f64(),
-        if m.late_start > Duration::ZERO {
+        if m.late_start > Duration::from_millis(100) {
             format!(
                 " (the run started {:.1} s after its first due time)",
                 m.late_start.as_secs_f64()
