@@ -91,7 +91,7 @@ impl Database {
     }
 
     /// The database's size on disk: SQLite, the file and its write-ahead
-    /// log; PostgreSQL, `pg_total_relation_size` (indexes and TOAST
+    /// log after a checkpoint that truncates the log; PostgreSQL, `pg_total_relation_size` (indexes and TOAST
     /// included) of every table in this run's schema.
     pub async fn size_bytes(&self) -> anyhow::Result<u64> {
         match &self.schema {
@@ -108,6 +108,11 @@ impl Database {
                 Ok(bytes as u64)
             }
             None => {
+                // At rest: the log copied into the file and truncated first,
+                // or its size would be whatever the last checkpoint left.
+                let pool = sqlx::SqlitePool::connect(&self.url).await?;
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&pool).await?;
+                pool.close().await;
                 let file = self.url.strip_prefix("sqlite://").unwrap_or(&self.url);
                 let size = |path: String| std::fs::metadata(path).map_or(0, |m| m.len());
                 Ok(size(file.to_owned()) + size(format!("{file}-wal")))

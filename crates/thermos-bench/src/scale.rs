@@ -313,7 +313,6 @@ async fn measure(
     let startup = server.startup;
     let (rss_ready, _) = proc::memory(&server.pid())?;
     server.stop(Duration::from_secs(30))?;
-    // At rest: the server's graceful stop checkpointed SQLite's log.
     let database_bytes = db.size_bytes().await.context("database size")?;
 
     // The refreshes, by the engine in this process.
