@@ -79,15 +79,20 @@ async fn commit_together(pool: &PgPool, finishes: &[Finish]) -> StoreResult<Vec<
     .bind(logged.iter().map(|(_, f)| row::big(f.attempt.duration_ms)).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
+    // Per connection, the id of its newest kept attempt is one descending
+    // walk of the (connection_id, id) index; older ones go. (A window
+    // function over the batch's attempts took a plan that scanned the table
+    // once it had grown.)
     sqlx::query(
-        "DELETE FROM refresh_attempts WHERE id IN ( \
-           SELECT id FROM ( \
-             SELECT id, row_number() OVER (PARTITION BY connection_id ORDER BY id DESC) AS newer \
-             FROM refresh_attempts WHERE connection_id = ANY($1)) ranked \
-           WHERE newer > $2)",
+        "DELETE FROM refresh_attempts r USING ( \
+           SELECT c.id AS connection_id, \
+             (SELECT a.id FROM refresh_attempts a WHERE a.connection_id = c.id \
+              ORDER BY a.id DESC LIMIT 1 OFFSET $2) AS oldest_kept \
+           FROM UNNEST($1::text[]) AS c(id)) kept \
+         WHERE r.connection_id = kept.connection_id AND r.id < kept.oldest_kept",
     )
     .bind(&ids)
-    .bind(i64::from(ATTEMPTS_KEPT_PER_CONNECTION))
+    .bind(i64::from(ATTEMPTS_KEPT_PER_CONNECTION) - 1)
     .execute(&mut *tx)
     .await?;
 
