@@ -6,7 +6,7 @@
 //! size per connection, requests/s and latency percentiles.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -14,6 +14,9 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use rand::Rng as _;
 use serde_json::{Value, json};
+
+use thermos_core::ExposeSecret as _;
+use thermos_core::seal::MasterKey;
 
 use crate::fixture::{self, Backend, Database, Tokens};
 use crate::load::KEY_ENV;
@@ -35,6 +38,12 @@ pub struct TokenApiArgs {
     /// Paced total request rate (per second).
     #[arg(long)]
     rate: Option<f64>,
+    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
+    backend: Backend,
+    /// PostgreSQL server (with --backend postgres); a schema of its own is
+    /// created and dropped.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pg_url: String,
     /// Batches of connections in flight while filling the store.
     #[arg(long, default_value_t = 8)]
     import_in_flight: usize,
@@ -54,27 +63,38 @@ pub async fn run(args: TokenApiArgs) -> anyhow::Result<()> {
     if n == 0 {
         bail!("--connections must be at least 1");
     }
-    let load_before = proc::load_average();
     // The configured provider; no token comes due during the run, so it only answers /ready's config.
     let provider = Provider::spawn(args.provider_bin.as_deref(), &[])?;
     let dir = tempfile::tempdir().context("temp dir")?;
-    let db = Database::new(Backend::Sqlite, dir.path(), "");
+    let db = Database::new(args.backend, dir.path(), &args.pg_url);
+    let outcome = measure(&args, &provider, &db, dir.path()).await;
+    if let Err(e) = db.drop_schema().await {
+        eprintln!("warning: {e:#}");
+    }
+    outcome
+}
+
+/// Fills `db`, starts the server on it and puts it under load.
+async fn measure(args: &TokenApiArgs, provider: &Provider, db: &Database, dir: &Path) -> anyhow::Result<()> {
+    let n = args.connections;
+    let load_before = proc::load_average();
     let port = free_port()?;
     let base = format!("http://127.0.0.1:{port}");
     let toml = fixture::config_toml(
-        dir.path(),
-        &db,
+        dir,
+        db,
         &format!("127.0.0.1:{port}"),
         &provider.token_url,
         (&provider.client_id, &provider.client_secret),
         "",
     );
-    let config_path = dir.path().join("thermos.toml");
+    let config_path = dir.join("thermos.toml");
     std::fs::write(&config_path, &toml).context("write the config")?;
     let config = fixture::parse_config(&toml)?;
 
     // Fill the store, as `serve` will find it.
-    let (key, _) = config.load_or_create_master_key().context("master key")?;
+    // In the environment rather than a file: `serve` generates no key for PostgreSQL.
+    let (key, key_text) = MasterKey::generate();
     let store = thermos::app::open_store(&config).await?;
     let tokens = (0..n).map(|i| Tokens {
         access_token: format!("at_bench_{i}_{:016x}", rand::rng().random::<u64>()),
@@ -83,18 +103,14 @@ pub async fn run(args: TokenApiArgs) -> anyhow::Result<()> {
     let day = Duration::from_secs(86_400);
     let imported = fixture::insert(&store, &key, tokens, 30 * day, 29 * day, args.import_in_flight).await?;
     drop(store);
-    let ids_path = dir.path().join("ids.txt");
+    let ids_path = dir.join("ids.txt");
     let mut ids_file = std::io::BufWriter::new(std::fs::File::create(&ids_path).context("ids file")?);
     for id in &imported.ids {
         writeln!(ids_file, "{id}")?;
     }
     ids_file.flush()?;
     drop(ids_file);
-    let db_bytes = ["thermos.db", "thermos.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
-        .map(|m| m.len())
-        .sum::<u64>();
+    let db_bytes = db.size_bytes().await?;
 
     // The server.
     let admin_key = format!("bench-{:032x}", rand::rng().random::<u128>());
@@ -102,8 +118,11 @@ pub async fn run(args: TokenApiArgs) -> anyhow::Result<()> {
         args.thermos_bin.as_deref(),
         &config_path,
         &base,
-        &[("THERMOS_ADMIN_KEY", &admin_key)],
-        &dir.path().join("thermos.log"),
+        &[
+            ("THERMOS_ADMIN_KEY", &admin_key),
+            ("THERMOS_MASTER_KEY", key_text.expose_secret()),
+        ],
+        &dir.join("thermos.log"),
         Duration::from_secs(120),
     )
     .await?;
@@ -145,7 +164,7 @@ pub async fn run(args: TokenApiArgs) -> anyhow::Result<()> {
     let p99 = result["p99_ms"].as_f64().unwrap_or(f64::NAN);
     let report = json!({
         "scenario": "token-api",
-        "backend": "sqlite",
+        "backend": args.backend.as_str(),
         "connections": n,
         "cpus": proc::cpus(),
         "load_average_1m_before": load_before,
@@ -167,7 +186,8 @@ pub async fn run(args: TokenApiArgs) -> anyhow::Result<()> {
     } else {
         let mb = |b: u64| b as f64 / 1_048_576.0;
         println!(
-            "token-api: {n} connections on SQLite, {} in flight{} ({} CPUs, load {load_before:.2} before)",
+            "token-api: {n} connections on {}, {} in flight{} ({} CPUs, load {load_before:.2} before)",
+            args.backend.as_str(),
             args.concurrency,
             args.rate.map_or(String::new(), |r| format!(", paced at {r}/s")),
             proc::cpus()
