@@ -284,6 +284,15 @@ impl Book {
         self.refreshes
     }
 
+    /// Every refresh token issued, and every access token not yet pruned.
+    pub(crate) fn issued_tokens(&self) -> Vec<String> {
+        self.refresh_tokens
+            .keys()
+            .chain(self.access_tokens.keys())
+            .cloned()
+            .collect()
+    }
+
     pub(crate) fn grants_issued(&self) -> u64 {
         self.next_grant
     }

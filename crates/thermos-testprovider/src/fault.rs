@@ -51,6 +51,18 @@ pub enum Fault {
     /// Answer 503 with this probability (0.0–1.0), else normally; meant as a
     /// standing fault for the demo.
     FailRate(f64),
+    /// Answer `status` with a body that echoes the request back — its form
+    /// body as sent (URL-encoded) and its `Authorization` header — as careless
+    /// providers and proxies do. With `json`, an OAuth error
+    /// (`invalid_grant` on 400, else `server_error`) whose
+    /// `error_description` carries the echo; otherwise an HTML page. For
+    /// tests that no echoed secret reaches a log, an error or an event.
+    EchoRequest {
+        /// The HTTP status to answer.
+        status: u16,
+        /// An OAuth JSON error rather than an HTML page.
+        json: bool,
+    },
 }
 
 /// The faults waiting to be applied.

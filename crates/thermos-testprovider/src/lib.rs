@@ -307,6 +307,14 @@ impl TestProvider {
         self.shared.book().refreshes()
     }
 
+    /// Every refresh token this provider issued (rotated ones included) and
+    /// every access token it issued that has not been pruned (expired ones go
+    /// only once more than 4096 are held): what a test must never find in
+    /// logs or answers.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.book().issued_tokens()
+    }
+
     /// Grants started with [`TestProvider::issue_grant`].
     pub fn grants_issued(&self) -> u64 {
         self.shared.book().grants_issued()

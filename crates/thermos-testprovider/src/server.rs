@@ -213,6 +213,7 @@ async fn answer(shared: Arc<Shared>, headers: HeaderMap, body: Bytes) -> Respons
             return (StatusCode::GATEWAY_TIMEOUT, "gateway timeout").into_response();
         }
         Some(Fault::LoseResponse) => lose_response = true,
+        Some(Fault::EchoRequest { status, json }) => return echo_response(status, json, &headers, &body),
         Some(other) => return fault_response(&other),
     }
     if !shared.options.latency.is_zero() {
@@ -441,10 +442,34 @@ fn fault_response(fault: &Fault) -> Response {
             "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>",
         ),
         // Handled in `token` before a response is built; answer sanely if reached.
-        Fault::Delay(_) | Fault::Hang | Fault::LoseResponse => {
+        Fault::Delay(_) | Fault::Hang | Fault::LoseResponse | Fault::EchoRequest { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, "unexpected fault").into_response()
         }
     }
+}
+
+/// [`Fault::EchoRequest`]: the request's form body and `Authorization`
+/// header echoed back in an OAuth error or an HTML page.
+fn echo_response(status: u16, json: bool, headers: &HeaderMap, body: &[u8]) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let authorization = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(none)");
+    let echo = format!(
+        "rejected request {} with authorization {authorization}",
+        String::from_utf8_lossy(body)
+    );
+    if json {
+        let error = if status == StatusCode::BAD_REQUEST {
+            "invalid_grant"
+        } else {
+            "server_error"
+        };
+        return oauth_error(status, error, &echo);
+    }
+    let page = format!("<html><body><h1>Request rejected</h1><pre>{echo}</pre></body></html>");
+    (status, [(CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
 
 /// `GET /resource`: 200 with the grant id for a live Bearer access token, else 401.

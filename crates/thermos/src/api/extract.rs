@@ -39,9 +39,56 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(too_large(limit)),
-            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+            Err(rejection) => Err(ApiError::bad_request(without_values(&rejection.body_text()))),
         }
     }
+}
+
+/// Longest name (a JSON key, quoted in backticks) an error message repeats;
+/// longer ones are no field name of this API and may be a secret sent as a key.
+const MAX_ECHOED_NAME: usize = 40;
+
+/// A JSON error message without the values the body held: serde quotes the
+/// string it could not use (`invalid type: string "…", expected i64`), and a
+/// body may carry a token in the wrong field. Double-quoted values become
+/// `"…"`; backticked names longer than [`MAX_ECHOED_NAME`] become `…`
+/// wherever they appear (the path before the message repeats them).
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut long_names = Vec::new();
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                out.push_str("\"…\"");
+                let mut escaped = false;
+                for inner in chars.by_ref() {
+                    match inner {
+                        _ if escaped => escaped = false,
+                        '\\' => escaped = true,
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '`' => {
+                let name: String = chars.by_ref().take_while(|&inner| inner != '`').collect();
+                if name.chars().count() > MAX_ECHOED_NAME {
+                    out.push_str("`…`");
+                    long_names.push(name);
+                } else {
+                    out.push('`');
+                    out.push_str(&name);
+                    out.push('`');
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    for name in long_names {
+        out = out.replace(&name, "…");
+    }
+    out
 }
 
 /// An optional JSON body: empty means `None`.
@@ -64,7 +111,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
         }
         serde_json::from_slice(&bytes)
             .map(|v| Self(Some(v)))
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+            .map_err(|e| ApiError::bad_request(without_values(&format!("invalid JSON body: {e}"))))
     }
 }
 
@@ -97,5 +144,29 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
         ConnectionId::parse(&raw)
             .map(Self)
             .map_err(|_| ApiError::not_found("connection"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_name_the_field_but_not_the_value_it_held() {
+        let message = "expires_in: invalid type: string \"rt_SECRET \\\" quoted\", expected i64 at line 1 column 9";
+        assert_eq!(
+            without_values(message),
+            "expires_in: invalid type: string \"…\", expected i64 at line 1 column 9"
+        );
+        let long = "rt_SECRET0123456789012345678901234567890123";
+        let message = format!("{long}: unknown field `{long}`, expected one of `provider`, `scope`");
+        assert_eq!(
+            without_values(&message),
+            "…: unknown field `…`, expected one of `provider`, `scope`"
+        );
+        assert_eq!(
+            without_values("unknown field `colour`, expected `color`"),
+            "unknown field `colour`, expected `color`"
+        );
     }
 }

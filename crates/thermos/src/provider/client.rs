@@ -9,7 +9,8 @@
 //! never logs, and never puts a token, a secret or the request body into an
 //! outcome: transport errors are described by their error chain (without
 //! the URL's query), and any text the provider echoes is scrubbed of the
-//! refresh token and client secret that were sent.
+//! refresh token and client secret that were sent, in every encoding the
+//! request carried them in (form body, Basic credentials).
 //!
 //! Read next: `thermos_core::oauth` (classification) and `crate::engine`
 //! (what is done with the outcome).
@@ -80,15 +81,18 @@ impl RefreshClient {
     /// The configured `scopes` are not sent: a refresh without `scope` keeps
     /// the scope the user granted (RFC 6749 §6), while sending more fails.
     pub async fn refresh(&self, app: &ProviderApp, refresh_token: &SecretString, clock: &dyn Clock) -> RefreshOutcome {
-        let outcome = self.exchange(app, refresh_token, clock).await;
-        let secrets = [
-            Some(refresh_token.expose_secret()),
-            app.client_secret.as_ref().map(ExposeSecret::expose_secret),
-        ];
+        let secrets = secret_forms(app, refresh_token);
+        let outcome = self.exchange(app, refresh_token, &secrets, clock).await;
         scrub(outcome, &secrets)
     }
 
-    async fn exchange(&self, app: &ProviderApp, refresh_token: &SecretString, clock: &dyn Clock) -> RefreshOutcome {
+    async fn exchange(
+        &self,
+        app: &ProviderApp,
+        refresh_token: &SecretString,
+        secrets: &[String],
+        clock: &dyn Clock,
+    ) -> RefreshOutcome {
         let endpoint = display_url(&app.token_url);
         let request = match self.request(app, refresh_token) {
             Ok(request) => request,
@@ -118,6 +122,14 @@ impl RefreshClient {
                 Err(e) => return transport_failure(e, Some(status), &endpoint),
             }
         }
+        let outcome = classify_response(status, retry_after.as_deref(), &body, received_at, app.default_ttl);
+        if matches!(outcome, RefreshOutcome::Refreshed(_)) || !scrub_body(&mut body, secrets) {
+            return outcome;
+        }
+        // The answer echoed what was sent: classify it again without the
+        // secrets, so that no piece of one survives in a description cut
+        // to length. (A token response is never scrubbed: it may rightly
+        // hand the same refresh token back.)
         classify_response(status, retry_after.as_deref(), &body, received_at, app.default_ttl)
     }
 
@@ -236,11 +248,63 @@ fn display_url(url: &Url) -> String {
 /// mangle every detail.
 const MIN_SCRUBBED_LEN: usize = 8;
 
+/// The secrets a token request sends — the refresh token and the client
+/// secret — in every form a provider may echo them: as is, form-encoded (in
+/// the body), percent-encoded, JSON-escaped, and the Basic credentials
+/// (base64). Longest first, so a form is replaced before any it contains.
+fn secret_forms(app: &ProviderApp, refresh_token: &SecretString) -> Zeroizing<Vec<String>> {
+    let secret = app.client_secret.as_ref().map(ExposeSecret::expose_secret);
+    let mut forms = Zeroizing::new(Vec::new());
+    for raw in [Some(refresh_token.expose_secret()), secret].into_iter().flatten() {
+        let form: String = url::form_urlencoded::byte_serialize(raw.as_bytes()).collect();
+        forms.push(form.replace('+', "%20"));
+        forms.push(form);
+        forms.push(raw.replace('/', "\\/"));
+        forms.push(raw.to_owned());
+    }
+    if let (Some(secret), AuthMethod::ClientSecretBasic) = (secret, app.auth_method)
+        && let Ok(header) = basic_authorization(&app.client_id, secret)
+        && let Ok(text) = header.to_str()
+    {
+        forms.push(text.trim_start_matches("Basic ").to_owned());
+    }
+    forms.retain(|f| f.len() >= MIN_SCRUBBED_LEN);
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    forms
+}
+
+/// Replaces every secret form in a response body with `[redacted]`; true if
+/// there was one.
+fn scrub_body(body: &mut Zeroizing<Vec<u8>>, secrets: &[String]) -> bool {
+    let mut found = false;
+    for secret in secrets {
+        let needle = secret.as_bytes();
+        if !body.windows(needle.len()).any(|w| w == needle) {
+            continue;
+        }
+        found = true;
+        let mut clean = Zeroizing::new(Vec::with_capacity(body.len()));
+        let mut rest: &[u8] = body;
+        while !rest.is_empty() {
+            if rest.starts_with(needle) {
+                clean.extend_from_slice(b"[redacted]");
+                rest = &rest[needle.len()..];
+            } else {
+                clean.push(rest[0]);
+                rest = &rest[1..];
+            }
+        }
+        *body = clean;
+    }
+    found
+}
+
 /// Replaces any secret that was sent (and that a provider may echo) in the
 /// outcome's texts with `[redacted]`.
-fn scrub(mut outcome: RefreshOutcome, secrets: &[Option<&str>]) -> RefreshOutcome {
+fn scrub(mut outcome: RefreshOutcome, secrets: &[String]) -> RefreshOutcome {
     let clean = |text: &mut String| {
-        for secret in secrets.iter().flatten().filter(|s| s.len() >= MIN_SCRUBBED_LEN) {
+        for secret in secrets {
             if text.contains(secret) {
                 *text = text.replace(secret, "[redacted]");
             }
@@ -287,7 +351,39 @@ mod tests {
             time::OffsetDateTime::UNIX_EPOCH,
             Duration::from_secs(60),
         );
-        let scrubbed = scrub(outcome, &[Some("rt_SECRET"), None]);
+        let scrubbed = scrub(outcome, &["rt_SECRET".to_owned()]);
         assert_eq!(scrubbed.message(), "invalid_grant: token [redacted] is unknown");
+    }
+
+    #[test]
+    fn every_encoding_of_a_sent_secret_is_scrubbed_from_an_echoing_body() {
+        let app = ProviderApp {
+            slug: "example".into(),
+            token_url: Url::parse("https://auth.example.com/token").unwrap(),
+            authorization_url: None,
+            client_id: "client".into(),
+            client_secret: Some("s3cr+t/=:%x".to_owned().into()),
+            auth_method: AuthMethod::ClientSecretBasic,
+            scopes: Vec::new(),
+            extra_params: std::collections::BTreeMap::new(),
+            default_ttl: Duration::from_secs(3600),
+            max_concurrency: None,
+            rate_limit_per_second: None,
+        };
+        let token: SecretString = "rt_abc+def/ghi=".to_owned().into();
+        let secrets = secret_forms(&app, &token);
+        let basic = basic_authorization("client", "s3cr+t/=:%x").unwrap();
+        let basic = basic.to_str().unwrap();
+        // As a provider that escapes slashes in JSON strings would write it.
+        let body = format!(
+            r#"{{"error":"invalid_grant","error_description":"refresh_token=rt_abc%2Bdef%2Fghi%3D {basic} rt_abc+def\/ghi= s3cr%2Bt%2F%3D%3A%25x {}"}}"#,
+            "x".repeat(300)
+        );
+        let mut body = Zeroizing::new(body.into_bytes());
+        assert!(scrub_body(&mut body, &secrets));
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        for leaked in ["rt_abc", "s3cr", "Y2xpZW50"] {
+            assert!(!text.contains(leaked), "{leaked} in {text}");
+        }
     }
 }
