@@ -429,6 +429,23 @@ impl Config {
         load_layers(Figment::from(Toml::string(toml)), raw::EnvOverrides::default(), &lookup)
     }
 
+    /// TOML text with the environment given as a list of variables — the
+    /// overrides and the `client_secret_env` variables — reading no file and
+    /// nothing from the process. For the fuzz targets in `fuzz/`.
+    #[doc(hidden)]
+    pub fn from_toml_str_with_env(
+        toml: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = env.into_iter().collect();
+        let lookup = |name: &str| env.get(name).cloned();
+        load_layers(
+            Figment::from(Toml::string(toml)),
+            raw::EnvOverrides::collect(&env),
+            &lookup,
+        )
+    }
+
     /// The provider app with this slug.
     pub fn provider(&self, slug: &str) -> Option<&ProviderApp> {
         self.providers.iter().find(|p| p.slug == slug)
