@@ -798,3 +798,58 @@ fn every_bad_limit_is_reported_with_its_key() {
         assert!(has(&found, key), "{key} missing from {found:?}");
     }
 }
+
+#[test]
+fn a_url_problem_never_shows_the_password_the_url_carries() {
+    let toml = r#"
+        [server]
+        public_url = "ftp://admin:pub-pass-1@thermos.test/"
+        [[provider]]
+        slug = "one"
+        token_url = "http://user:token-pass-2@auth.example.com/token"
+        client_id = "x"
+        client_secret = "y"
+        [[provider]]
+        slug = "two"
+        token_url = "user:token-pass-3@not a url"
+        client_id = "x"
+        client_secret = "y"
+        [[provider]]
+        slug = "three"
+        token_url = ":user:token-pass-4@auth.example.com"
+        client_id = "x"
+        client_secret = "y"
+    "#;
+    let found = problems(Config::from_toml_str(toml));
+    assert!(
+        has(
+            &found,
+            "server.public_url: expected an http:// or https:// URL (got ftp://admin:redacted@thermos.test/)"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            "provider[0].token_url: http:// is allowed only for loopback hosts (got http://user:redacted@auth.example.com/token)"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            "provider[1].token_url: expected an https:// URL (got a value not shown: it may hold credentials)"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            "provider[2].token_url: not a URL (got a value not shown: it may hold credentials)"
+        ),
+        "{found:?}"
+    );
+    for secret in ["pub-pass-1", "token-pass-2", "token-pass-3", "token-pass-4"] {
+        assert!(!found.iter().any(|p| p.contains(secret)), "{secret} shown in {found:?}");
+    }
+}

@@ -150,6 +150,31 @@ pub(super) fn key_file_beside(database_url: &str) -> PathBuf {
     }
 }
 
+/// A URL as a config problem may show it: any password replaced (and a
+/// URL without a host, such as `user:secret@…` read as scheme `user`, shown
+/// only if it has no `@`).
+fn shown_url(url: &Url) -> String {
+    if url.host().is_none() {
+        return shown_text(url.as_str());
+    }
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // Only fails for URLs that cannot have credentials, which have none.
+        let _ = shown.set_password(Some("redacted"));
+    }
+    shown.to_string()
+}
+
+/// Text that did not parse as a URL, as a config problem may show it:
+/// nothing of it when it may hold credentials (`user:password@`).
+fn shown_text(text: &str) -> String {
+    if text.contains('@') {
+        "a value not shown: it may hold credentials".to_owned()
+    } else {
+        format!("{text:?}")
+    }
+}
+
 fn is_env_name(name: &str) -> bool {
     name.bytes().next().is_some_and(|b| !b.is_ascii_digit())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -168,15 +193,21 @@ impl Checker {
     fn public_url(&mut self, text: &str) -> Option<Url> {
         let key = "server.public_url";
         let Ok(mut url) = Url::parse(text.trim()) else {
-            self.problem(key, format!("not a URL (got {text:?})"));
+            self.problem(key, format!("not a URL (got {})", shown_text(text)));
             return None;
         };
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            self.problem(key, format!("expected an http:// or https:// URL (got {url})"));
+            self.problem(
+                key,
+                format!("expected an http:// or https:// URL (got {})", shown_url(&url)),
+            );
             return None;
         }
         if url.query().is_some() || url.fragment().is_some() {
-            self.problem(key, format!("must not have a query or fragment (got {url})"));
+            self.problem(
+                key,
+                format!("must not have a query or fragment (got {})", shown_url(&url)),
+            );
             return None;
         }
         if !url.path().ends_with('/') {

@@ -11,7 +11,7 @@ use thermos_core::id::is_valid_slug;
 use thermos_core::oauth::AuthMethod;
 use url::{Host, Url};
 
-use super::Checker;
+use super::{Checker, shown_text, shown_url};
 use crate::config::raw::RawProvider;
 use crate::provider::{DEFAULT_TTL, ProviderApp};
 
@@ -32,18 +32,21 @@ impl Checker {
     /// An endpoint the server calls or sends browsers to: https, or http on loopback.
     fn endpoint_url(&mut self, key: &str, text: &str) -> Option<Url> {
         let Ok(url) = Url::parse(text.trim()) else {
-            self.problem(key, format!("not a URL (got {text:?})"));
+            self.problem(key, format!("not a URL (got {})", shown_text(text)));
             return None;
         };
         match url.scheme() {
             "https" if url.host().is_some() => Some(url),
             "http" if is_loopback(&url) => Some(url),
             "http" => {
-                self.problem(key, format!("http:// is allowed only for loopback hosts (got {url})"));
+                self.problem(
+                    key,
+                    format!("http:// is allowed only for loopback hosts (got {})", shown_url(&url)),
+                );
                 None
             }
             _ => {
-                self.problem(key, format!("expected an https:// URL (got {url})"));
+                self.problem(key, format!("expected an https:// URL (got {})", shown_url(&url)));
                 None
             }
         }
