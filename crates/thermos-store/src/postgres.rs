@@ -104,7 +104,9 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects a pool to the database at `url` (`postgres://user@host/db`,
-    /// `postgresql://…`). Does not migrate; call [`Store::migrate`].
+    /// `postgresql://…`). Does not migrate; call [`Store::migrate`]. Starts
+    /// the store's committer task on the current Tokio runtime: connect on
+    /// the runtime that uses the store.
     pub async fn connect(url: &str, options: PgOptions) -> StoreResult<Self> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(config_error("not a postgres:// URL".into()));

@@ -81,7 +81,8 @@ impl SqliteStore {
     /// and `sqlite:relative/path.db` are relative to the working directory,
     /// `sqlite:///abs/path.db` is absolute. In-memory databases are refused:
     /// the two pools would not share one. Does not migrate; call
-    /// [`Store::migrate`].
+    /// [`Store::migrate`]. Starts the store's committer task on the
+    /// current Tokio runtime: open the store on the runtime that uses it.
     pub async fn open(url: &str) -> StoreResult<Self> {
         Self::open_with(connect_options(url)?).await
     }
