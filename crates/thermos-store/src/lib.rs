@@ -9,6 +9,7 @@
 //! Read next: `sqlite.rs` (the embedded backend), `postgres.rs` (the shared
 //! one) and `tests/conformance.rs` (the contract every backend passes).
 
+pub mod audit;
 mod batch;
 mod group_commit;
 pub mod instance;
@@ -606,6 +607,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Asks a running run to stop (its owner stops between batches and
     /// finishes it `cancelled`); false if it is unknown or not running.
     async fn cancel_run(&self, id: &str) -> StoreResult<bool>;
+
+    // --- Audit log (see [`audit`]) ------------------------------------------
+
+    /// Appends `entries`, in order, in one transaction. Entries are never
+    /// updated or deleted afterwards.
+    async fn append_audit(&self, entries: Vec<audit::NewAuditEntry>) -> StoreResult<()>;
+
+    /// The entries matching `filter`, newest (highest id) first.
+    async fn list_audit(&self, filter: audit::AuditFilter) -> StoreResult<Vec<audit::AuditRecord>>;
 
     // --- Live instances (see [`instance`]) ---------------------------------
 

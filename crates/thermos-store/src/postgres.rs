@@ -27,6 +27,7 @@
 //! `migrations/postgres/` (the schema).
 
 mod api_key;
+mod audit;
 mod connection;
 mod custom_app;
 mod delivery;
@@ -499,6 +500,14 @@ impl Store for PgStore {
 
     async fn cancel_run(&self, id: &str) -> StoreResult<bool> {
         run::cancel(self, id).await
+    }
+
+    async fn append_audit(&self, entries: Vec<crate::audit::NewAuditEntry>) -> StoreResult<()> {
+        audit::append(self, entries).await
+    }
+
+    async fn list_audit(&self, filter: crate::audit::AuditFilter) -> StoreResult<Vec<crate::audit::AuditRecord>> {
+        audit::list(self, filter).await
     }
 
     async fn beat_instance(&self, beat: crate::instance::InstanceBeat, now: OffsetDateTime) -> StoreResult<()> {

@@ -22,6 +22,7 @@
 //! `migrations/sqlite/` (the schema).
 
 mod api_key;
+mod audit;
 mod connection;
 mod custom_app;
 mod delivery;
@@ -549,6 +550,14 @@ impl Store for SqliteStore {
 
     async fn cancel_run(&self, id: &str) -> StoreResult<bool> {
         run::cancel(self, id).await
+    }
+
+    async fn append_audit(&self, entries: Vec<crate::audit::NewAuditEntry>) -> StoreResult<()> {
+        audit::append(self, entries).await
+    }
+
+    async fn list_audit(&self, filter: crate::audit::AuditFilter) -> StoreResult<Vec<crate::audit::AuditRecord>> {
+        audit::list(self, filter).await
     }
 
     async fn beat_instance(&self, beat: crate::instance::InstanceBeat, now: OffsetDateTime) -> StoreResult<()> {

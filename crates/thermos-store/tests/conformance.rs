@@ -63,6 +63,8 @@ macro_rules! conformance {
 }
 
 // Declared after the macro, which they use.
+#[path = "conformance/audit.rs"]
+mod audit;
 #[path = "conformance/batch_insert.rs"]
 mod batch_insert;
 #[path = "conformance/concurrent_finish.rs"]

@@ -193,6 +193,16 @@ impl Schema {
             .await
             .expect("connect the PostgreSQL store")
     }
+
+    /// A plain connection (no store) working in this schema, for statements
+    /// the store never makes.
+    pub async fn raw_connection(&self) -> PgConnection {
+        let mut conn = PgConnection::connect(&self.url).await.expect("connect to PostgreSQL");
+        conn.execute(format!("SET search_path TO \"{}\"", self.name).as_str())
+            .await
+            .expect("set the search path");
+        conn
+    }
 }
 
 impl Drop for Schema {
