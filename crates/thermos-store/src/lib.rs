@@ -236,6 +236,14 @@ pub struct ApiKeyRecord {
     /// SHA-256 of the whole key.
     pub secret_hash: Vec<u8>,
     pub created_at: OffsetDateTime,
+    /// The scope names granted (`read`, `token`, `admin`), as the service
+    /// wrote them; the store does not interpret them. Keys stored before
+    /// scopes existed read back with all three.
+    pub scopes: Vec<String>,
+    /// After this instant the key no longer authenticates; `None`: never.
+    pub expires_at: Option<OffsetDateTime>,
+    /// When the key was revoked; a revoked key is kept so listings show it.
+    pub revoked_at: Option<OffsetDateTime>,
 }
 
 /// Connections counted by provider and status.
@@ -432,6 +440,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Looks a project API key up by its public id.
     async fn find_api_key(&self, key_id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+
+    /// Every API key, revoked ones included, of `project` (or of every
+    /// project), oldest first (by `created_at`, then `key_id`).
+    async fn list_api_keys(&self, project: Option<&str>) -> StoreResult<Vec<ApiKeyRecord>>;
+
+    /// Revokes the key at `now` (a key already revoked keeps its first
+    /// `revoked_at`). Returns the key as it now stands, `None` if unknown.
+    async fn revoke_api_key(&self, key_id: &str, now: OffsetDateTime) -> StoreResult<Option<ApiKeyRecord>>;
 
     /// Registers `record` as its project's app for its provider, or replaces
     /// the credentials (client id, secret, auth method) of the one already

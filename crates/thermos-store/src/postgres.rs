@@ -363,6 +363,14 @@ impl Store for PgStore {
         api_key::find(self, key_id).await
     }
 
+    async fn list_api_keys(&self, project: Option<&str>) -> StoreResult<Vec<ApiKeyRecord>> {
+        api_key::list(self, project).await
+    }
+
+    async fn revoke_api_key(&self, key_id: &str, now: OffsetDateTime) -> StoreResult<Option<ApiKeyRecord>> {
+        api_key::revoke(self, key_id, now).await
+    }
+
     async fn upsert_custom_app(&self, record: CustomAppRecord) -> StoreResult<CustomAppRecord> {
         custom_app::upsert(self, record).await
     }

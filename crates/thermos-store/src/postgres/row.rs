@@ -13,7 +13,7 @@ use thermos_core::seal::Sealed;
 use thermos_core::status::ConnectionStatus;
 use time::OffsetDateTime;
 
-use crate::{ApiKeyRecord, AttemptRecord, ConnectionRecord, LastError, NewAttempt, StoreError, StoreResult};
+use crate::{AttemptRecord, ConnectionRecord, LastError, NewAttempt, StoreError, StoreResult};
 
 /// The columns of `connections` that make a [`ConnectionRecord`]; every
 /// query that returns a record selects (or returns) exactly these.
@@ -134,16 +134,6 @@ pub(super) fn attempt(row: &PgRow) -> StoreResult<AttemptRecord> {
             http_status: opt_http_status(row, "http_status")?,
             duration_ms: unsigned(row, "duration_ms")?,
         },
-    })
-}
-
-/// Reads an `api_keys` row.
-pub(super) fn api_key(row: &PgRow) -> StoreResult<ApiKeyRecord> {
-    Ok(ApiKeyRecord {
-        key_id: row.try_get("key_id")?,
-        project: row.try_get("project")?,
-        secret_hash: row.try_get("secret_hash")?,
-        created_at: row.try_get("created_at")?,
     })
 }
 

@@ -12,7 +12,7 @@ use thermos_core::seal::Sealed;
 use thermos_core::status::ConnectionStatus;
 use time::OffsetDateTime;
 
-use crate::{ApiKeyRecord, AttemptRecord, ConnectionRecord, LastError, NewAttempt, StoreError, StoreResult};
+use crate::{AttemptRecord, ConnectionRecord, LastError, NewAttempt, StoreError, StoreResult};
 
 /// The columns of `connections` that make a [`ConnectionRecord`]; every
 /// query that returns a record selects (or returns) exactly these.
@@ -135,16 +135,6 @@ pub(super) fn attempt(row: &SqliteRow) -> StoreResult<AttemptRecord> {
             duration_ms: u64::try_from(duration)
                 .map_err(|_| StoreError::Corrupt(format!("refresh_attempts.duration_ms: {duration} is negative")))?,
         },
-    })
-}
-
-/// Reads an `api_keys` row.
-pub(super) fn api_key(row: &SqliteRow) -> StoreResult<ApiKeyRecord> {
-    Ok(ApiKeyRecord {
-        key_id: row.try_get("key_id")?,
-        project: row.try_get("project")?,
-        secret_hash: row.try_get("secret_hash")?,
-        created_at: time_at(row, "created_at")?,
     })
 }
 
