@@ -15,6 +15,7 @@ mod group_commit;
 pub mod instance;
 pub mod outbox;
 mod postgres;
+pub mod reseal;
 pub mod run;
 mod sqlite;
 
@@ -655,4 +656,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes the instance's row (on a graceful stop, after its last
     /// beat); false if there was none. A later beat registers it again.
     async fn remove_instance(&self, name: &str) -> StoreResult<bool>;
+
+    // --- Master key rotation (see [`reseal`]) -------------------------------
+
+    /// A page of stored sealed values, in keyset order: the rows after
+    /// `after` (a value's owner from the previous page; `None`: from the
+    /// start) of the first table that still has some — connections by id,
+    /// then custom apps by (project, provider), then webhooks by id, deleted
+    /// ones included — at most `limit` rows, each row's sealed values
+    /// (NULLs skipped). With `not_under`, only values whose key id is not
+    /// that one (and only rows with such a value). Empty when no table has
+    /// rows after `after`.
+    async fn sealed_values_page(
+        &self,
+        after: Option<&reseal::SealedOwner>,
+        limit: u32,
+        not_under: Option<thermos_core::seal::KeyId>,
+    ) -> StoreResult<Vec<reseal::SealedValue>>;
+
+    /// Writes each replacement's `new` bytes where its `old` bytes are still
+    /// stored (compare-and-swap per value), in one transaction, touching
+    /// nothing else: no `version`, no `updated_at`. Returns how many were
+    /// replaced; a value that changed since it was read is left alone.
+    async fn replace_sealed(&self, batch: Vec<reseal::Reseal>) -> StoreResult<u64>;
+
+    /// How many stored sealed values each key id holds, by key id (the
+    /// values too short to name one last, as `None`).
+    async fn count_sealed_by_key_id(&self) -> StoreResult<Vec<reseal::KeyIdCount>>;
 }

@@ -35,6 +35,7 @@ mod finish_batch;
 mod instance;
 mod outbox;
 mod refresh;
+mod reseal;
 mod row;
 mod run;
 mod schedule;
@@ -528,6 +529,23 @@ impl Store for PgStore {
 
     async fn remove_instance(&self, name: &str) -> StoreResult<bool> {
         instance::remove(self, name).await
+    }
+
+    async fn sealed_values_page(
+        &self,
+        after: Option<&crate::reseal::SealedOwner>,
+        limit: u32,
+        not_under: Option<thermos_core::seal::KeyId>,
+    ) -> StoreResult<Vec<crate::reseal::SealedValue>> {
+        reseal::page(self, after, limit, not_under).await
+    }
+
+    async fn replace_sealed(&self, batch: Vec<crate::reseal::Reseal>) -> StoreResult<u64> {
+        reseal::replace(self, batch).await
+    }
+
+    async fn count_sealed_by_key_id(&self) -> StoreResult<Vec<crate::reseal::KeyIdCount>> {
+        reseal::count(self).await
     }
 }
 

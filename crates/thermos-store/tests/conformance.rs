@@ -71,6 +71,8 @@ mod audit;
 mod batch_insert;
 #[path = "conformance/concurrent_finish.rs"]
 mod concurrent_finish;
+#[path = "conformance/reseal.rs"]
+mod reseal;
 
 conformance!(
     a_database_that_answers_pings_and_migrates_twice_keeps_its_data,
