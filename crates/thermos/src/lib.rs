@@ -7,6 +7,7 @@
 pub mod api;
 pub mod api_key;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo;
