@@ -192,6 +192,34 @@ pub fn create_with(
     }
 }
 
+/// The longest lifetime a key may be given (ten years).
+pub const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 24 * 3600);
+
+/// Parses a key lifetime such as `90d`, `12h` or `1y` (at least a minute,
+/// at most [`MAX_LIFETIME`]).
+pub fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
+    let lifetime = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("expected a duration such as 90d or 12h (got {text:?}: {e})"))?;
+    if lifetime < std::time::Duration::from_secs(60) {
+        return Err(format!("must be at least a minute (got {text:?})"));
+    }
+    if lifetime > MAX_LIFETIME {
+        return Err(format!("must be at most ten years (got {text:?})"));
+    }
+    Ok(lifetime)
+}
+
+/// Whether the key of `record` is `active`, `expired` or `revoked` at `now`.
+pub fn status(record: &ApiKeyRecord, now: OffsetDateTime) -> &'static str {
+    if record.revoked_at.is_some() {
+        "revoked"
+    } else if record.expires_at.is_some_and(|at| at <= now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
 /// The public key id of a presented key, if it has the right shape.
 pub fn key_id(presented: &str) -> Option<&str> {
     let rest = presented.strip_prefix(PREFIX)?;
@@ -299,6 +327,21 @@ mod tests {
             ..created.record.clone()
         };
         assert!(!accepts(&revoked, text, now));
+    }
+
+    #[test]
+    fn lifetimes_are_durations_between_a_minute_and_ten_years() {
+        assert_eq!(
+            parse_lifetime("90d").unwrap(),
+            std::time::Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(
+            parse_lifetime(" 12h ").unwrap(),
+            std::time::Duration::from_secs(12 * 3600)
+        );
+        assert!(parse_lifetime("30s").unwrap_err().contains("at least a minute"));
+        assert!(parse_lifetime("11y").unwrap_err().contains("at most ten years"));
+        assert!(parse_lifetime("soon").unwrap_err().contains("expected a duration"));
     }
 
     #[test]

@@ -191,6 +191,9 @@ impl Application {
             egress: EgressPolicy::new(config.security.allow_private_targets, lookup),
             limits: config.limits.clone(),
             import_lock: Arc::default(),
+            auth_failures: Arc::new(crate::api::auth::AuthFailureLimiter::new(
+                config.security.auth_failures_per_minute,
+            )),
         };
         Ok(Self {
             listener,
@@ -288,6 +291,7 @@ impl Application {
         let router = api::router(self.state.clone());
         let server_cancel = cancel.clone();
         tracing::info!(listen = %self.local_addr(), engine = self.engine_enabled, "thermos is serving");
+        let router = router.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
             tokio::select! {
                 () = shutdown => {}

@@ -9,12 +9,13 @@
 //! Read next: `connections.rs` (the handlers), `auth.rs` (who is calling).
 
 pub mod apps;
-mod auth;
+pub mod auth;
 mod connections;
 pub mod dto;
 pub mod error;
 pub mod events;
 mod extract;
+pub mod keys;
 pub mod openapi;
 mod providers;
 pub mod runs;
@@ -59,6 +60,9 @@ pub struct AppState {
     /// Held across counting and inserting while a per-project connection
     /// limit is set, so concurrent imports on this instance cannot pass it.
     pub import_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Failed authentications per client address
+    /// (`security.auth_failures_per_minute`).
+    pub auth_failures: Arc<auth::AuthFailureLimiter>,
 }
 
 /// The full router: `/v1/…`, `/health`, `/ready`, `/metrics`.
@@ -87,7 +91,11 @@ pub fn router(state: AppState) -> Router {
         .route("/runs/{id}", get(runs::show))
         .route("/runs/{id}/cancel", post(runs::cancel))
         .route("/apps", post(apps::create).get(apps::list))
-        .route("/apps/{provider}", axum::routing::delete(apps::delete));
+        .route("/apps/{provider}", axum::routing::delete(apps::delete))
+        .route("/keys", post(keys::create).get(keys::list))
+        .route("/keys/{key_id}", axum::routing::delete(keys::revoke))
+        // Outermost of the `/v1` route layers: who is calling, and may they.
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .nest("/v1", v1)
         .route("/health", get(health))

@@ -378,17 +378,43 @@ fn schemas() -> Value {
             "started_at": {"type": "string", "format": "date-time"},
             "heartbeat_at": {"type": "string", "format": "date-time"},
         })),
+        "CreateKey": super::keys::create_key_schema(),
+        "ApiKey": super::keys::key_schema(),
+        "CreatedApiKey": super::keys::created_key_schema(),
+        "ApiKeyList": list_of("ApiKey"),
     })
+}
+
+/// Notes on every `/v1` operation the scope it needs
+/// ([`super::auth::required_scope`], the one place that decides it), as
+/// `x-required-scope` and in its description.
+fn with_required_scopes(mut doc: Value) -> Value {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return doc;
+    };
+    for (path, item) in paths.iter_mut().filter(|(path, _)| path.starts_with("/v1/")) {
+        for method in METHODS {
+            let Ok(http_method) = method.to_uppercase().parse::<axum::http::Method>() else {
+                continue;
+            };
+            if let Some(operation) = item.get_mut(method) {
+                let scope = super::auth::required_scope(&http_method, path);
+                operation["x-required-scope"] = json!(scope.as_str());
+                operation["description"] = json!(format!("Needs the `{scope}` scope."));
+            }
+        }
+    }
+    doc
 }
 
 fn error_responses() -> Value {
     let mut map = Map::new();
     for (code, description) in [
         ("400", "bad request (1600)"),
-        ("401", "missing or unknown API key (1605)"),
+        ("401", "missing, unknown, expired or revoked API key (1605)"),
         (
             "403",
-            "the key may not do this, or the project is at limits.max_connections_per_project (1606)",
+            "the key lacks the scope this needs, may not do this, or the project is at limits.max_connections_per_project (1606)",
         ),
         ("404", "not found (1603)"),
         ("409", "conflict (1604) or needs_reauth (1610)"),
@@ -436,7 +462,7 @@ pub fn document() -> Value {
     };
     let no_content = || json!({"description": "deleted"});
     let token_errors = ["404", "409", "429", "502", "503"];
-    json!({
+    with_required_scopes(json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Thermos API",
@@ -444,13 +470,17 @@ pub fn document() -> Value {
             "description": format!(
                 "Thermos keeps OAuth tokens fresh: import a connection, then ask for a token valid for as long as you need.\n\n\
                  Authenticate with `Authorization: Bearer <admin key or project key>`. `/health`, `/ready`, `/metrics` and \
-                 `/openapi.json` need no key.\n\n{ERROR_DESCRIPTION}"
+                 `/openapi.json` need no key. A project key holds scopes: `read` (metadata), `token` (fetch tokens) and \
+                 `admin` (change state); `token` and `admin` imply `read`, `admin` does not imply `token`. Each operation \
+                 names the scope it needs (`x-required-scope`); without it the answer is 403 (1606). After \
+                 `security.auth_failures_per_minute` failed authentications from one address, requests from it that \
+                 present a key get 429 (1607) with `Retry-After` for a minute.\n\n{ERROR_DESCRIPTION}"
             ),
         },
         "security": [{"bearer": []}],
         "tags": [
             {"name": "connections"}, {"name": "apps"}, {"name": "webhooks"}, {"name": "events"},
-            {"name": "providers"}, {"name": "operations"},
+            {"name": "providers"}, {"name": "keys"}, {"name": "operations"},
             {"name": "runs"},
         ],
         "paths": {
@@ -551,6 +581,18 @@ pub fn document() -> Value {
                 "post": op("cancelRun", "runs", "Stop a running run after its current batch", vec![path_param("id", "run id")], None,
                     responses(("202", ok("cancellation requested", schema_ref("Run"))), &["404"])),
             },
+            "/v1/keys": {
+                "post": op("createKey", "keys", "Create a project API key (shown only in this answer)", vec![],
+                    Some((schema_ref("CreateKey"), true)),
+                    responses(("201", ok("created; the key is shown only here", schema_ref("CreatedApiKey"))), &[])),
+                "get": op("listKeys", "keys", "List API keys by prefix (never a key or its hash), revoked ones too", vec![project()], None,
+                    responses(("200", ok("the keys, oldest first", schema_ref("ApiKeyList"))), &[])),
+            },
+            "/v1/keys/{key_id}": {
+                "delete": op("revokeKey", "keys", "Revoke an API key at once (it stays listed as revoked)",
+                    vec![path_param("key_id", "thk_<key id> or the bare key id")], None,
+                    responses(("204", json!({"description": "revoked"})), &["404"])),
+            },
             "/v1/providers": {
                 "get": op("listProviders", "providers", "Each provider app's health, breaker, pause and limits", vec![], None,
                     responses(("200", ok("the provider apps", schema_ref("ProviderList"))), &[])),
@@ -581,7 +623,7 @@ pub fn document() -> Value {
             "schemas": schemas(),
             "responses": error_responses(),
         },
-    })
+    }))
 }
 
 #[cfg(test)]

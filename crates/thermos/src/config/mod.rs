@@ -149,6 +149,9 @@ pub struct SecurityConfig {
     pub admin_key_env: String,
     /// Whether webhooks may reach loopback and private addresses.
     pub allow_private_targets: bool,
+    /// Failed authentications one client address may make per minute
+    /// before its requests get 429 for a minute; 0: no limit.
+    pub auth_failures_per_minute: u32,
 }
 
 /// `[refresh]`: the refresh rules and the engine's limits.
@@ -496,6 +499,7 @@ impl Default for Config {
                 master_key_file: build::key_file_beside(DEFAULT_DATABASE_URL),
                 admin_key_env: DEFAULT_ADMIN_KEY_ENV.to_owned(),
                 allow_private_targets: false,
+                auth_failures_per_minute: crate::api::auth::DEFAULT_AUTH_FAILURES_PER_MINUTE,
             },
             refresh: RefreshConfig {
                 policy: RefreshPolicy::default(),

@@ -94,6 +94,7 @@ pub(super) struct RawSecurity {
     pub master_key_file: Option<String>,
     pub admin_key_env: Option<String>,
     pub allow_private_targets: Option<Scalar>,
+    pub auth_failures_per_minute: Option<Scalar>,
 }
 
 /// `[refresh]`.

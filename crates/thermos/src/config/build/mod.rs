@@ -98,6 +98,14 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
             raw.security.allow_private_targets.as_ref(),
             false,
         ),
+        auth_failures_per_minute: c
+            .whole(
+                "security.auth_failures_per_minute",
+                raw.security.auth_failures_per_minute.as_ref(),
+                crate::api::auth::DEFAULT_AUTH_FAILURES_PER_MINUTE,
+                0,
+            )
+            .unwrap_or(crate::api::auth::DEFAULT_AUTH_FAILURES_PER_MINUTE),
     };
 
     let refresh = c.refresh(&raw.refresh);
