@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::config::{Config, KEY_RELOAD_INTERVAL, KeyFileWatch, KeySource};
 use crate::egress::{EgressPolicy, NameLookup, SystemLookup};
 use crate::engine::upkeep::Sweep;
 use crate::engine::{Engine, EngineSettings};
@@ -127,6 +127,10 @@ pub struct Application {
     grace: Duration,
     /// Held while this instance serves the SQLite database file.
     _instance_lock: Option<std::fs::File>,
+    /// The master key ring shared by the engine, the API and the outbox.
+    key: Arc<MasterKey>,
+    /// The key file the ring follows, and how often it is looked at.
+    key_watch: Option<(Arc<KeyFileWatch>, Duration)>,
 }
 
 impl Application {
@@ -175,6 +179,7 @@ impl Application {
                 AlertSettings::from_config(alerts),
             ))
         });
+        let engine_key = Arc::clone(&key);
         let engine = Engine::new(store, key, config.providers.clone(), client, clock, settings);
         engine.mark_stale_runs().await.context("mark stale runs")?;
         let custom = crate::api::apps::load_into_registry(&engine)
@@ -205,7 +210,48 @@ impl Application {
             runs: config.runs.clone(),
             grace: config.refresh.request_timeout + SHUTDOWN_GRACE_EXTRA,
             _instance_lock: instance_lock,
+            key: engine_key,
+            key_watch: None,
         })
+    }
+
+    /// Keeps the master key ring in step with the key file it was loaded
+    /// from (when `source` is a file): the file is looked at every
+    /// [`KEY_RELOAD_INTERVAL`] and read again at once when a stored value
+    /// names a key the ring does not hold, so that a rotation
+    /// (`thermos keys rotate-master`) is picked up without a restart. Keys
+    /// from the environment cannot change under a running process.
+    pub fn watch_master_key_file(&mut self, source: &KeySource) {
+        self.watch_master_key_file_every(source, KEY_RELOAD_INTERVAL);
+    }
+
+    /// [`Application::watch_master_key_file`] looking every `every` (tests).
+    pub fn watch_master_key_file_every(&mut self, source: &KeySource, every: Duration) {
+        let (KeySource::File(path) | KeySource::Generated(path)) = source else {
+            return;
+        };
+        let watch = Arc::new(KeyFileWatch::new(path.clone()));
+        self.key
+            .set_reload(Arc::clone(&watch) as Arc<dyn thermos_core::seal::KeyReload>);
+        self.key_watch = Some((watch, every));
+    }
+
+    /// Looks at the key file every interval until cancelled.
+    fn spawn_key_watch(&self, cancel: &CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        let (watch, every) = self.key_watch.clone()?;
+        let (key, cancel) = (Arc::clone(&self.key), cancel.clone());
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(every) => {
+                        // A stat, and a small read when the file changed.
+                        let (watch, key) = (Arc::clone(&watch), Arc::clone(&key));
+                        let _ = tokio::task::spawn_blocking(move || watch.poll(&key)).await;
+                    }
+                }
+            }
+        }))
     }
 
     /// The address the API listens on.
@@ -271,6 +317,7 @@ impl Application {
             None
         };
         let outbox_tasks = self.spawn_outbox(&cancel);
+        let key_watch_task = self.spawn_key_watch(&cancel);
         let upkeep_task = {
             // Only an instance that runs the engine sweeps; any marks stale runs.
             let sweep = self
@@ -311,6 +358,9 @@ impl Application {
         }
         let _ = upkeep_task.await;
         let _ = beat_task.await;
+        if let Some(task) = key_watch_task {
+            let _ = task.await;
+        }
         tracing::info!("thermos stopped");
         result
     }

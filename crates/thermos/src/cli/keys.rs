@@ -50,6 +50,10 @@ pub enum KeysCommand {
         /// The key's prefix `thk_<key id>` or its bare key id, as listed.
         key_id: String,
     },
+    /// Master key rotation: rotate-master, reencrypt, master-status,
+    /// promote-master, retire-master (see `cli/master_key.rs`).
+    #[command(flatten)]
+    MasterKey(super::master_key::MasterKeyCommand),
 }
 
 fn parse_scope(name: &str) -> Result<Scope, String> {
@@ -65,6 +69,7 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         } => create(config, &project, &scopes, expires_in).await,
         KeysCommand::List { project, json } => list(config, project.as_deref(), json).await,
         KeysCommand::Revoke { key_id } => revoke(config, &key_id).await,
+        KeysCommand::MasterKey(command) => super::master_key::run(config, command).await,
     }
 }
 

@@ -7,6 +7,7 @@ mod connections;
 pub(crate) mod doctor;
 mod events;
 mod keys;
+mod master_key;
 mod refresh;
 mod runs;
 mod webhooks;
@@ -136,7 +137,8 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
             "no admin key set: only project keys (thermos keys create) can use the API"
         );
     }
-    let application = Application::build(&config, key, admin_key, app::system_clock()).await?;
+    let mut application = Application::build(&config, key, admin_key, app::system_clock()).await?;
+    application.watch_master_key_file(&source);
     reload_on_sighup(application.engine().clone(), config_path);
     let result = application.run_until(app::shutdown_signal()).await;
     // After the graceful shutdown: the last spans are sent before exiting.

@@ -1,24 +1,43 @@
 //! Secrets that come from the environment or from disk: the admin key and
-//! the master key that seals every stored token.
+//! the master key ring that seals every stored token.
 //!
-//! The master key comes from `THERMOS_MASTER_KEY` (base64), else from the key
-//! file, else (SQLite only: PostgreSQL instances must share one) it is
-//! generated once and written to the key file with mode 0600, atomically:
-//! two processes starting together agree on one key. Never logs or returns
-//! a key in clear (only its id, [`MasterKey::id_hex`]).
+//! The master keys come from `THERMOS_MASTER_KEY` (base64 keys separated by
+//! commas, the primary first), else from the key file (one base64 key per
+//! line, the primary first), else (SQLite only: PostgreSQL instances must
+//! share one) a key is generated once and written to the key file with mode
+//! 0600, atomically: two processes starting together agree on one key.
+//!
+//! The key file is rewritten only whole and atomically (a 0600 temporary
+//! file renamed over it: [`write_key_file`]), so a reader never sees it half
+//! written; [`KeyFileWatch`] lets a running process pick up a rotation
+//! (`thermos keys rotate-master`) without a restart. Never logs or returns a
+//! key in clear (only ids, [`KeyId`]).
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
-use thermos_core::seal::{KeyError, MasterKey};
+use thermos_core::seal::{KeyError, KeyId, KeyReload, MasterKey};
 
 use super::Config;
 
-/// Environment variable holding the master key as base64 (32 bytes); it wins
-/// over the key file.
+/// Environment variable holding the master keys as base64 (32 bytes each,
+/// comma-separated, the primary first); it wins over the key file.
 pub const MASTER_KEY_ENV: &str = "THERMOS_MASTER_KEY";
+
+/// How often a running instance looks whether the key file changed (a cheap
+/// `stat`; the file is read only when its size, time or inode changed).
+/// `thermos keys rotate-master` waits at least this long before its last
+/// re-encryption pass, so that values sealed by instances that had not yet
+/// reloaded are re-encrypted too.
+pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The least time between two reads of the key file caused by ciphertexts
+/// naming an unknown key (each such value would otherwise read the file).
+pub const UNKNOWN_KEY_RELOAD_GAP: Duration = Duration::from_secs(1);
 
 /// Where the master key came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +123,7 @@ impl Config {
             if text.expose_secret().trim().is_empty() {
                 return Err(MasterKeyError::EnvEmpty);
             }
-            let key = MasterKey::parse_base64(text.expose_secret()).map_err(MasterKeyError::Env)?;
+            let key = MasterKey::parse_list(text.expose_secret()).map_err(MasterKeyError::Env)?;
             return Ok((key, KeySource::Env));
         }
         let path = &self.security.master_key_file;
@@ -134,10 +153,261 @@ fn read_key_file(path: &Path) -> Result<MasterKey, MasterKeyError> {
             source,
         })?;
     warn_if_readable_by_others(path);
-    MasterKey::parse_base64(text.expose_secret()).map_err(|source| MasterKeyError::Invalid {
+    MasterKey::parse_list(text.expose_secret()).map_err(|source| MasterKeyError::Invalid {
         path: path.to_owned(),
         source,
     })
+}
+
+/// One key of a key file: its id and its base64 text (for rewriting the
+/// file; never shown).
+pub struct KeyEntry {
+    /// The key's id.
+    pub id: KeyId,
+    /// The key, base64.
+    pub text: SecretString,
+}
+
+impl std::fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyEntry").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl KeyEntry {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        let (key, text) = MasterKey::generate();
+        Self {
+            id: key.primary_id(),
+            text,
+        }
+    }
+}
+
+/// The keys of the key file at `path`, in order (the primary first), each
+/// with its id; blank lines and `#` comments are dropped, a repeated key is
+/// kept once.
+pub fn read_key_entries(path: &Path) -> Result<Vec<KeyEntry>, MasterKeyError> {
+    let text = fs::read_to_string(path)
+        .map(SecretString::from)
+        .map_err(|source| MasterKeyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    let invalid = |source| MasterKeyError::Invalid {
+        path: path.to_owned(),
+        source,
+    };
+    // Validates the whole list first (errors name the entry).
+    MasterKey::parse_list(text.expose_secret()).map_err(invalid)?;
+    let mut entries: Vec<KeyEntry> = Vec::new();
+    for line in text.expose_secret().lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        for part in line.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let id = MasterKey::parse_base64(part).map_err(invalid)?.primary_id();
+            if !entries.iter().any(|e| e.id == id) {
+                entries.push(KeyEntry {
+                    id,
+                    text: SecretString::from(part.to_owned()),
+                });
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Replaces the key file at `path` with `entries`, one per line, the primary
+/// first: written to a 0600 temporary file beside it, synced, then renamed
+/// over it, so that a reader sees the old file or the new one, never a
+/// part.
+pub fn write_key_file(path: &Path, entries: &[KeyEntry]) -> Result<(), MasterKeyError> {
+    let write_error = |source| MasterKeyError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = key_tempfile(path).map_err(write_error)?;
+    for entry in entries {
+        file.write_all(entry.text.expose_secret().as_bytes())
+            .and_then(|()| file.write_all(b"\n"))
+            .map_err(write_error)?;
+    }
+    file.as_file().sync_all().map_err(write_error)?;
+    file.persist(path).map_err(|e| write_error(e.error))?;
+    sync_dir(path);
+    Ok(())
+}
+
+/// A 0600 temporary file in the directory of `path` (created if missing).
+fn key_tempfile(path: &Path) -> io::Result<tempfile::NamedTempFile> {
+    let dir = key_dir(path);
+    fs::create_dir_all(dir)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".thermos-key-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(fs::Permissions::from_mode(0o600));
+    }
+    builder.tempfile_in(dir)
+}
+
+fn key_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes a rename in the key file's directory durable (best effort).
+fn sync_dir(path: &Path) {
+    #[cfg(unix)]
+    if let Ok(dir) = fs::File::open(key_dir(path)) {
+        let _ = dir.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+/// What identifies a version of the key file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> io::Result<FileStamp> {
+    let meta = fs::metadata(path)?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Ok(FileStamp {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode,
+    })
+}
+
+/// Keeps a running process's key ring in step with the key file: polled
+/// every [`KEY_RELOAD_INTERVAL`] ([`KeyFileWatch::poll`]: a `stat`, and a
+/// read only when the file changed), and asked directly (at most every
+/// [`UNKNOWN_KEY_RELOAD_GAP`]) when a ciphertext names a key the ring does
+/// not hold. A file that does not parse is reported and the keys in use
+/// kept.
+#[derive(Debug)]
+pub struct KeyFileWatch {
+    path: PathBuf,
+    state: Mutex<WatchState>,
+}
+
+#[derive(Debug, Default)]
+struct WatchState {
+    /// The version of the file last read (or found unreadable).
+    seen: Option<FileStamp>,
+    /// When the file was last read because of an unknown key id.
+    asked_at: Option<Instant>,
+}
+
+impl KeyFileWatch {
+    /// Watches the key file at `path`. The first [`KeyFileWatch::poll`]
+    /// reads it, so that a change made since the keys were loaded is not
+    /// missed.
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            state: Mutex::new(WatchState::default()),
+        }
+    }
+
+    /// The watched file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Looks whether the file changed since it was last read; if so reads it
+    /// and replaces the keys of `key`. Returns whether the keys changed.
+    pub fn poll(&self, key: &MasterKey) -> bool {
+        let Ok(now) = stamp(&self.path) else {
+            // Missing for a moment (being replaced) or gone: keep the keys.
+            return false;
+        };
+        {
+            let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if state.seen == Some(now) {
+                return false;
+            }
+            state.seen = Some(now);
+        }
+        self.read().is_some_and(|keys| install(key, &keys))
+    }
+
+    fn read(&self) -> Option<MasterKey> {
+        match read_key_file(&self.path) {
+            Ok(keys) => Some(keys),
+            Err(e) => {
+                tracing::error!(
+                    error.message = %chain(&e),
+                    "the master key file changed but cannot be used; keeping the keys in use"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Replaces the keys of `key` with `keys`; logs the change (ids only).
+fn install(key: &MasterKey, keys: &MasterKey) -> bool {
+    let changed = key.replace_keys(keys);
+    if changed {
+        let ids: Vec<String> = keys.key_ids().iter().map(ToString::to_string).collect();
+        tracing::info!(
+            primary_key_id = %keys.primary_id(),
+            key_ids = %ids.join(","),
+            "master keys reloaded from the key file"
+        );
+    }
+    changed
+}
+
+impl KeyReload for KeyFileWatch {
+    fn reload(&self) -> Option<MasterKey> {
+        {
+            let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            if state
+                .asked_at
+                .is_some_and(|at| now.duration_since(at) < UNKNOWN_KEY_RELOAD_GAP)
+            {
+                return None;
+            }
+            state.asked_at = Some(now);
+            state.seen = stamp(&self.path).ok();
+        }
+        let keys = self.read()?;
+        let ids: Vec<String> = keys.key_ids().iter().map(ToString::to_string).collect();
+        tracing::info!(
+            primary_key_id = %keys.primary_id(),
+            key_ids = %ids.join(","),
+            "a sealed value names a key not in use: master keys re-read from the key file"
+        );
+        Some(keys)
+    }
+}
+
+/// An error and its sources, joined with `: `.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Generates a key and links it into place only if no file is there yet
@@ -148,20 +418,8 @@ fn create_key_file(path: &Path) -> Result<(MasterKey, KeySource), MasterKeyError
         path: path.to_owned(),
         source,
     };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir).map_err(write_error)?;
     let (key, text) = MasterKey::generate();
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".thermos-key-");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(fs::Permissions::from_mode(0o600));
-    }
-    let mut file = builder.tempfile_in(dir).map_err(write_error)?;
+    let mut file = key_tempfile(path).map_err(write_error)?;
     file.write_all(text.expose_secret().as_bytes())
         .and_then(|()| file.write_all(b"\n"))
         .and_then(|()| file.as_file().sync_all())
@@ -293,5 +551,102 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    fn two_keys() -> (KeyEntry, KeyEntry) {
+        (KeyEntry::generate(), KeyEntry::generate())
+    }
+
+    #[test]
+    fn a_key_file_or_the_environment_may_hold_several_keys_the_first_primary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("thermos.key");
+        let config = config_with_key_file(&path);
+        let (a, b) = two_keys();
+        write_key_file(
+            &path,
+            &[
+                KeyEntry {
+                    id: a.id,
+                    text: a.text.clone(),
+                },
+                KeyEntry {
+                    id: b.id,
+                    text: b.text.clone(),
+                },
+            ],
+        )
+        .unwrap();
+        let (key, source) = config.load_or_create_master_key_with(None).unwrap();
+        assert_eq!(source, KeySource::File(path.clone()));
+        assert_eq!(key.key_ids(), [a.id, b.id]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "mode {mode:o}");
+        }
+        let entries = read_key_entries(&path).unwrap();
+        assert_eq!(entries.iter().map(|e| e.id).collect::<Vec<_>>(), [a.id, b.id]);
+
+        let env = format!("{},{}", b.text.expose_secret(), a.text.expose_secret());
+        let (key, source) = config
+            .load_or_create_master_key_with(Some(SecretString::from(env)))
+            .unwrap();
+        assert_eq!(source, KeySource::Env);
+        assert_eq!(key.key_ids(), [b.id, a.id]);
+    }
+
+    #[test]
+    fn a_watched_key_file_is_picked_up_when_it_changes_and_a_broken_one_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("thermos.key");
+        let config = config_with_key_file(&path);
+        let (old, new) = two_keys();
+        write_key_file(&path, std::slice::from_ref(&old)).unwrap();
+        let (key, _) = config.load_or_create_master_key_with(None).unwrap();
+        let watch = KeyFileWatch::new(path.clone());
+        assert!(!watch.poll(&key), "the first poll reads the same keys");
+        assert!(!watch.poll(&key));
+
+        write_key_file(
+            &path,
+            &[
+                KeyEntry {
+                    id: new.id,
+                    text: new.text.clone(),
+                },
+                KeyEntry {
+                    id: old.id,
+                    text: old.text.clone(),
+                },
+            ],
+        )
+        .unwrap();
+        assert!(watch.poll(&key));
+        assert_eq!(key.key_ids(), [new.id, old.id]);
+
+        std::fs::write(&path, "not a key\n").unwrap();
+        assert!(!watch.poll(&key));
+        assert_eq!(key.key_ids(), [new.id, old.id], "a broken file keeps the keys in use");
+    }
+
+    #[test]
+    fn an_unknown_key_id_rereads_the_key_file_at_most_once_per_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("thermos.key");
+        let (old, _) = two_keys();
+        write_key_file(&path, std::slice::from_ref(&old)).unwrap();
+        let watch = KeyFileWatch::new(path);
+        assert_eq!(watch.reload().map(|k| k.key_ids()), Some(vec![old.id]));
+        assert!(watch.reload().is_none(), "asked again at once: not read");
+    }
+
+    #[test]
+    fn key_entries_never_show_the_key() {
+        let entry = KeyEntry::generate();
+        let shown = format!("{entry:?}");
+        assert!(!shown.contains(entry.text.expose_secret()));
+        assert!(shown.contains(&entry.id.to_string()));
     }
 }

@@ -34,7 +34,10 @@ use url::Url;
 
 use crate::provider::ProviderApp;
 
-pub use key::{KeySource, MASTER_KEY_ENV, MasterKeyError};
+pub use key::{
+    KEY_RELOAD_INTERVAL, KeyEntry, KeyFileWatch, KeySource, MASTER_KEY_ENV, MasterKeyError, read_key_entries,
+    write_key_file,
+};
 
 /// Environment variable naming the configuration file when `--config` is not given.
 pub const CONFIG_ENV: &str = "THERMOS_CONFIG";
