@@ -101,17 +101,23 @@ done < <(curl -fsS -X POST "$grants_url?count=3")
 
 echo "--- schemathesis for ${seconds}s against $base/openapi.json"
 mkdir -p "$report_dir"
+root="$(pwd)"
 status=0
-"$venv/bin/schemathesis" run "$base/openapi.json" \
-    --header "Authorization: Bearer $THERMOS_ADMIN_KEY" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
-    --max-time "$seconds" \
-    --workers 2 \
-    --request-timeout 10 \
-    --suppress-health-check all \
-    --report junit --report-dir "$report_dir" \
-    --generation-database "$report_dir/examples" \
-    --no-color || status=$?
+# From the report directory: schemathesis keeps its cache of failing cases
+# (for `st replay ID`, run there) in the working directory.
+(
+    cd "$report_dir"
+    "$root/$venv/bin/schemathesis" --config-file "$root/scripts/schemathesis.toml" run "$base/openapi.json" \
+        --header "Authorization: Bearer $THERMOS_ADMIN_KEY" \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
+        --max-time "$seconds" \
+        --workers 2 \
+        --request-timeout 10 \
+        --suppress-health-check all \
+        --report junit --report-dir . \
+        --generation-database examples \
+        --no-color
+) || status=$?
 
 if grep -q '"level":"ERROR"' "$work/thermos.log"; then
     echo "--- errors thermos logged during the run:" >&2
