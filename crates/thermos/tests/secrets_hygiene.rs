@@ -395,6 +395,48 @@ async fn no_secret_appears_in_logs_answers_metrics_events_or_webhook_deliveries(
         extra_secrets.push(("webhook secret key".into(), raw.to_owned()));
     }
 
+    // A project key created over the API: shown in the 201 answer only; then
+    // used, listed (prefix only), revoked and refused.
+    let create_key = json!({"project": "p1", "scopes": ["read", "token"], "expires_in": "90d"}).to_string();
+    let (status, created_key) = client
+        .raw(c, Method::POST, "/v1/keys", Some(ADMIN_KEY), Some(create_key), true)
+        .await;
+    assert_eq!(status, 201, "{created_key}");
+    let created_key: Value = serde_json::from_str(&created_key).unwrap();
+    let api_key = created_key["key"].as_str().unwrap().to_owned();
+    extra_secrets.push(("key from POST /v1/keys".into(), api_key.clone()));
+    if let Some(secret) = api_key.splitn(3, '_').nth(2) {
+        extra_secrets.push(("secret part of the key from POST /v1/keys".into(), secret.to_owned()));
+    }
+    let (status, _) = client
+        .call(c, Method::GET, "/v1/connections", Some(&api_key), None)
+        .await;
+    assert_eq!(status, 200);
+    client.call(c, Method::GET, "/v1/keys", Some(ADMIN_KEY), None).await;
+    let (status, _) = client
+        .call(
+            c,
+            Method::DELETE,
+            &format!("/v1/keys/{}", created_key["prefix"].as_str().unwrap()),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = client
+        .call(c, Method::GET, "/v1/connections", Some(&api_key), None)
+        .await;
+    assert_eq!(status, 401, "a revoked key is refused");
+    // The CLI's listing and revocation (stdout and stderr are searched too).
+    let list = Command::new(env!("CARGO_BIN_EXE_thermos"))
+        .args(["--config", config.to_str().unwrap(), "keys", "list", "--json"])
+        .env("THERMOS_MASTER_KEY", &master_key)
+        .output()
+        .expect("thermos keys list");
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    c.push("keys list (stdout)", String::from_utf8_lossy(&list.stdout));
+    c.push("keys list (stderr)", String::from_utf8_lossy(&list.stderr));
+
     // The custom app: the second provider accepts only the project's own client.
     let app = json!({"project": "p1", "provider": "second", "client_id": CUSTOM_CLIENT_ID,
         "client_secret": CUSTOM_SECRET, "auth_method": "client_secret_basic"})
