@@ -85,3 +85,43 @@ async fn revoking_a_key_keeps_its_row_and_its_first_revocation_time(store: Arc<d
 async fn revoking_an_unknown_key_is_none(store: Arc<dyn Store>) {
     assert_eq!(store.revoke_api_key("nope", at(0)).await.unwrap(), None);
 }
+
+/// A key stored before scopes existed (migrations up to 0007) reads back,
+/// after the remaining migrations, with every scope and no expiry: keys that
+/// worked keep working.
+#[tokio::test]
+async fn sqlite_keys_stored_before_scopes_get_every_scope_from_the_migration() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use thermos_store::SqliteStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("thermos.db");
+    let mut before_scopes = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/sqlite"
+    )))
+    .await
+    .unwrap();
+    before_scopes.migrations = before_scopes
+        .migrations
+        .iter()
+        .filter(|m| m.version < 8)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    let pool = sqlx::SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path).create_if_missing(true))
+        .await
+        .unwrap();
+    before_scopes.run(&pool).await.unwrap();
+    sqlx::query("INSERT INTO api_keys (key_id, project, secret_hash, created_at) VALUES ('k1', 'acme', x'00', 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = SqliteStore::open_path(&path).await.unwrap();
+    store.migrate().await.unwrap();
+    let key = store.find_api_key("k1").await.unwrap().expect("the old key");
+    assert_eq!(key.scopes, ["read", "token", "admin"]);
+    assert_eq!((key.expires_at, key.revoked_at), (None, None));
+}

@@ -853,3 +853,25 @@ fn a_url_problem_never_shows_the_password_the_url_carries() {
         assert!(!found.iter().any(|p| p.contains(secret)), "{secret} shown in {found:?}");
     }
 }
+
+#[test]
+fn auth_failures_per_minute_defaults_to_twenty_accepts_zero_and_refuses_non_numbers() {
+    assert_eq!(Config::default().security.auth_failures_per_minute, 20);
+    assert_eq!(Config::from_toml_str("").unwrap().security.auth_failures_per_minute, 20);
+    let limit = |value: &str| Config::from_toml_str(&format!("[security]\nauth_failures_per_minute = {value}\n"));
+    assert_eq!(limit("0").unwrap().security.auth_failures_per_minute, 0);
+    assert_eq!(limit("5").unwrap().security.auth_failures_per_minute, 5);
+    assert!(has(
+        &problems(limit("-1")),
+        "security.auth_failures_per_minute: must be at least 0"
+    ));
+    assert!(has(
+        &problems(limit("\"many\"")),
+        "security.auth_failures_per_minute: expected a whole number"
+    ));
+    let found = problems(Config::load_from(
+        None,
+        env(&[("THERMOS_SECURITY__AUTH_FAILURES_PER_MINUTE", "1.5")]),
+    ));
+    assert!(has(&found, "security.auth_failures_per_minute"), "{found:?}");
+}
