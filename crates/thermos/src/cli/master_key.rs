@@ -40,24 +40,30 @@ const SETTLE_MARGIN: Duration = Duration::from_secs(2);
 /// The master key commands (flattened into `thermos keys`).
 #[derive(Debug, Subcommand)]
 pub enum MasterKeyCommand {
-    /// Generate a new master key, make it primary in the key file (the old
-    /// keys stay readable) and re-encrypt every stored secret under it.
-    /// Prints the new key's id, never the key.
+    /// Generate a master key, make it primary and re-encrypt under it.
+    ///
+    /// The new key goes first in the key file (the old keys stay readable),
+    /// then every stored secret is re-encrypted under it. Prints the new
+    /// key's id, never the key.
     RotateMaster(RotateArgs),
-    /// Re-encrypt every stored secret not sealed under the primary key
-    /// (resumes an interrupted rotation; safe to run at any time).
+    /// Re-encrypt every stored secret not under the primary master key.
+    ///
+    /// Resumes an interrupted rotation; safe to run at any time.
     Reencrypt(ReencryptArgs),
-    /// The configured master key ids (primary first) and how many stored
-    /// secrets each key id seals.
+    /// Master key ids (primary first) and the stored secrets each seals.
     MasterStatus,
-    /// Make a key already in the key file (e.g. added with
-    /// `rotate-master --stage`) the primary; then run `thermos keys reencrypt`.
+    /// Make a master key in the key file the primary.
+    ///
+    /// E.g. one added with `rotate-master --stage`; then run `thermos keys
+    /// reencrypt`.
     PromoteMaster {
         /// The key's id (16 hex digits, as `master-status` shows).
         key_id: String,
     },
-    /// Remove a key from the key file; refused while any stored secret is
-    /// sealed under it, and for the primary.
+    /// Remove a master key from the key file.
+    ///
+    /// Refused while any stored secret is sealed under it, and for the
+    /// primary.
     RetireMaster {
         /// The key's id (16 hex digits, as `master-status` shows).
         key_id: String,

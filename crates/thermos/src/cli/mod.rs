@@ -38,7 +38,7 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
-    /// Manage project API keys.
+    /// Manage project API keys and the master key ring (rotate-master, reencrypt, …).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
     /// Inspect connections.
