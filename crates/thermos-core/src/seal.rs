@@ -143,14 +143,17 @@ impl Key {
 /// The keys of a ring, primary first; never empty, no id twice.
 type Ring = Arc<Vec<Arc<Key>>>;
 
-/// Asked for the keys configured now when a ciphertext names a key the ring
+/// Asked to bring a ring up to date when a ciphertext names a key the ring
 /// does not hold (another process rotated the master key and sealed with the
-/// new one). Implementations do the IO, limit how often they do it, and
-/// report their own failures.
+/// new one). Implementations do the IO, install what they read with
+/// [`MasterKey::replace_keys`], limit how often they read, and report their
+/// own failures. Calls may come from several threads at once: one that
+/// arrives while another reads should wait for it, so that it then sees the
+/// new keys.
 pub trait KeyReload: Send + Sync {
-    /// The keys configured now, or `None` when they cannot be had or cannot
-    /// have changed (e.g. asked again too soon).
-    fn reload(&self) -> Option<MasterKey>;
+    /// Replaces the keys of `ring` with those configured now, unless they
+    /// cannot be had or were read too recently.
+    fn reload(&self, ring: &MasterKey);
 }
 
 /// The master key ring: one or more 32-byte keys; the first (the primary)
@@ -314,13 +317,13 @@ impl MasterKey {
         match open_with(&self.ring(), owner, field, sealed) {
             Err(SealError::UnknownKey { key_id }) => {
                 let reload = self.reload.read().unwrap_or_else(PoisonError::into_inner).clone();
-                match reload.and_then(|reload| reload.reload()) {
-                    Some(keys) => {
-                        self.replace_keys(&keys);
-                        open_with(&self.ring(), owner, field, sealed)
-                    }
-                    None => Err(SealError::UnknownKey { key_id }),
-                }
+                let Some(reload) = reload else {
+                    return Err(SealError::UnknownKey { key_id });
+                };
+                reload.reload(self);
+                // Once more with the keys as they are now (reloaded here, or
+                // by a concurrent caller this one waited for).
+                open_with(&self.ring(), owner, field, sealed)
             }
             other => other,
         }
@@ -756,9 +759,9 @@ mod tests {
     struct FixedReload(MasterKey, std::sync::atomic::AtomicUsize);
 
     impl KeyReload for FixedReload {
-        fn reload(&self) -> Option<MasterKey> {
+        fn reload(&self, ring: &MasterKey) {
             self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            MasterKey::join([&self.0])
+            ring.replace_keys(&self.0);
         }
     }
 

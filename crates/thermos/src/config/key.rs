@@ -374,27 +374,24 @@ fn install(key: &MasterKey, keys: &MasterKey) -> bool {
 }
 
 impl KeyReload for KeyFileWatch {
-    fn reload(&self) -> Option<MasterKey> {
+    fn reload(&self, ring: &MasterKey) {
+        // Held while reading: a caller arriving meanwhile waits, then finds
+        // the keys installed (and is not let read again so soon).
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if state
+            .asked_at
+            .is_some_and(|at| now.duration_since(at) < UNKNOWN_KEY_RELOAD_GAP)
         {
-            let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = Instant::now();
-            if state
-                .asked_at
-                .is_some_and(|at| now.duration_since(at) < UNKNOWN_KEY_RELOAD_GAP)
-            {
-                return None;
-            }
-            state.asked_at = Some(now);
-            state.seen = stamp(&self.path).ok();
+            return;
         }
-        let keys = self.read()?;
-        let ids: Vec<String> = keys.key_ids().iter().map(ToString::to_string).collect();
-        tracing::info!(
-            primary_key_id = %keys.primary_id(),
-            key_ids = %ids.join(","),
-            "a sealed value names a key not in use: master keys re-read from the key file"
-        );
-        Some(keys)
+        state.asked_at = Some(now);
+        state.seen = stamp(&self.path).ok();
+        if let Some(keys) = self.read()
+            && install(ring, &keys)
+        {
+            tracing::info!("a sealed value named a key not in use: the key file was read at once");
+        }
     }
 }
 
@@ -638,8 +635,13 @@ mod tests {
         let (old, _) = two_keys();
         write_key_file(&path, std::slice::from_ref(&old)).unwrap();
         let watch = KeyFileWatch::new(path);
-        assert_eq!(watch.reload().map(|k| k.key_ids()), Some(vec![old.id]));
-        assert!(watch.reload().is_none(), "asked again at once: not read");
+        let (other, _) = MasterKey::generate();
+        let ring = MasterKey::join([&other]).unwrap();
+        watch.reload(&ring);
+        assert_eq!(ring.key_ids(), [old.id]);
+        ring.replace_keys(&other);
+        watch.reload(&ring);
+        assert_eq!(ring.key_ids(), [other.primary_id()], "asked again at once: not read");
     }
 
     #[test]
