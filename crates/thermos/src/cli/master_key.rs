@@ -334,12 +334,6 @@ pub async fn reencrypt(
         summary.unopened = unopened;
         if attempted == 0 {
             if pass_started >= settled_at {
-                if total == summary.re_encrypted {
-                    progress(Progress {
-                        done: summary.re_encrypted,
-                        total,
-                    });
-                }
                 return Ok(summary);
             }
             tokio::time::sleep(settled_at.saturating_duration_since(Instant::now())).await;
