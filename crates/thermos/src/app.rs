@@ -180,6 +180,7 @@ impl Application {
             ))
         });
         let engine_key = Arc::clone(&key);
+        let audit = crate::audit::AuditLog::start(Arc::clone(&store), Arc::clone(&clock));
         let engine = Engine::new(store, key, config.providers.clone(), client, clock, settings);
         engine.mark_stale_runs().await.context("mark stale runs")?;
         let custom = crate::api::apps::load_into_registry(&engine)
@@ -196,6 +197,7 @@ impl Application {
             egress: EgressPolicy::new(config.security.allow_private_targets, lookup),
             limits: config.limits.clone(),
             import_lock: Arc::default(),
+            audit,
             auth_failures: Arc::new(crate::api::auth::AuthFailureLimiter::new(
                 config.security.auth_failures_per_minute,
             )),
@@ -346,6 +348,7 @@ impl Application {
             }
         });
         let result = serve.await.context("serve HTTP");
+        self.state.audit.close().await;
         cancel.cancel();
         if let Some(task) = engine_task {
             let _ = task.await;

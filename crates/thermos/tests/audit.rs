@@ -132,6 +132,21 @@ async fn token_fetches_and_changes_are_recorded_with_the_key_the_resource_and_th
         )
         .await;
     assert_eq!(status, 401);
+    // A key without the `token` scope is refused, and the refusal recorded.
+    let (reader, reader_id) = project_key(&app, "p1", &["read"]).await;
+    let (status, _) = app
+        .send(app.http.get(app.url(&format!("/v1/connections/{id}/token"))), &reader)
+        .await;
+    assert_eq!(status, 403);
+    // Whatever a client puts in a path is not copied unless it is an id.
+    let (status, _) = app
+        .send(
+            app.http
+                .get(app.url(&format!("/v1/connections/{}/token", grant.access_token))),
+            &key,
+        )
+        .await;
+    assert_eq!(status, 404);
     // The delete, by the admin.
     let (status, _) = app
         .send(app.http.delete(app.url(&format!("/v1/connections/{id}"))), ADMIN_KEY)
@@ -139,7 +154,7 @@ async fn token_fetches_and_changes_are_recorded_with_the_key_the_resource_and_th
     assert_eq!(status, 204);
 
     assert_eq!(
-        settled(&app, 5).await,
+        settled(&app, 8).await,
         [
             row("admin", "key.create", Some(&key_id), 201, 1),
             row(&key_id, "connection.create", Some(&id), 201, 1),
@@ -151,6 +166,9 @@ async fn token_fetches_and_changes_are_recorded_with_the_key_the_resource_and_th
                 404,
                 1
             ),
+            row("admin", "key.create", Some(&reader_id), 201, 1),
+            row(&reader_id, "token.read", Some(&id), 403, 1),
+            row(&key_id, "token.read", Some("(not an id)"), 404, 1),
             row("admin", "connection.delete", Some(&id), 204, 1),
         ]
     );

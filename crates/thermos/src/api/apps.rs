@@ -124,7 +124,10 @@ impl Registration {
         if configured.is_none() {
             problems.push(format!("provider: {provider:?} is not a configured provider"));
         }
-        if client_id.trim().is_empty() || client_id.len() > MAX_CLIENT_ID || client_id.chars().any(char::is_control) {
+        if client_id.trim().is_empty()
+            || client_id.chars().count() > MAX_CLIENT_ID
+            || client_id.chars().any(char::is_control)
+        {
             problems.push(format!(
                 "client_id: must be 1-{MAX_CLIENT_ID} characters, not blank, without control characters"
             ));

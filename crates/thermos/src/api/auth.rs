@@ -161,7 +161,8 @@ pub fn required_scope(method: &Method, route: &str) -> Scope {
 
 /// The middleware on `/v1`: authenticate, check the scope, rate-limit
 /// failures per client address, and put [`Caller`] and [`Identity`] into
-/// the request's extensions.
+/// the request's extensions — and the [`Identity`] into the answer's too,
+/// refusals for a missing scope included, for the audit log outside.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let client = client_address(&request);
     let Some(presented) = bearer(request.headers()) else {
@@ -191,7 +192,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         .unwrap_or_default();
     let needed = required_scope(request.method(), &route);
     if !identity.scopes.contains(needed) {
-        return ApiError::new(
+        let mut refused = ApiError::new(
             ErrorKind::Forbidden,
             format!(
                 "this key lacks the `{needed}` scope needed for {} {route}",
@@ -199,14 +200,19 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             ),
         )
         .into_response();
+        // The audit log (outside this layer) records the refusal by its key.
+        refused.extensions_mut().insert(identity);
+        return refused;
     }
     let caller = match &identity.project {
         None => Caller::Admin,
         Some(project) => Caller::Project(project.clone()),
     };
     request.extensions_mut().insert(caller);
-    request.extensions_mut().insert(identity);
-    next.run(request).await
+    request.extensions_mut().insert(identity.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(identity);
+    response
 }
 
 /// The key after `Bearer `, if any.

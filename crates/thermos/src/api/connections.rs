@@ -29,10 +29,10 @@ pub const DEFAULT_MIN_TTL_SECS: u64 = 60;
 const DEFAULT_PAGE: u32 = 100;
 /// Largest `limit` of a connection or attempt listing; more is refused (400).
 pub const MAX_PAGE: u32 = 1000;
-const MAX_EXTERNAL_ID: usize = 255;
+pub(crate) const MAX_EXTERNAL_ID: usize = 255;
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Longest token lifetime accepted at import (10 years).
-const MAX_EXPIRES_IN_SECS: i64 = 10 * 365 * 24 * 3600;
+pub(crate) const MAX_EXPIRES_IN_SECS: i64 = 10 * 365 * 24 * 3600;
 
 pub async fn create(
     State(state): State<AppState>,
@@ -51,7 +51,7 @@ pub async fn create(
     if app.is_none() {
         problems.push(format!("provider: {provider:?} is not a configured provider"));
     }
-    if external_id.trim().is_empty() || external_id.len() > MAX_EXTERNAL_ID {
+    if external_id.trim().is_empty() || external_id.chars().count() > MAX_EXTERNAL_ID {
         problems.push(format!("external_id: must be 1-{MAX_EXTERNAL_ID} characters"));
     }
     let metadata = metadata.unwrap_or_else(|| serde_json::json!({}));

@@ -63,6 +63,8 @@ pub struct AppState {
     /// Failed authentications per client address
     /// (`security.auth_failures_per_minute`).
     pub auth_failures: Arc<auth::AuthFailureLimiter>,
+    /// The audit log's writer (token fetches and changes, by key).
+    pub audit: crate::audit::AuditLog,
 }
 
 /// The full router: `/v1/…`, `/health`, `/ready`, `/metrics`.
@@ -94,8 +96,15 @@ pub fn router(state: AppState) -> Router {
         .route("/apps/{provider}", axum::routing::delete(apps::delete))
         .route("/keys", post(keys::create).get(keys::list))
         .route("/keys/{key_id}", axum::routing::delete(keys::revoke))
-        // Outermost of the `/v1` route layers: who is calling, and may they.
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        // Who is calling, and may they.
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        // Outside authentication, which hands it the key (`Identity`) in the
+        // answer: token fetches and changes by the key that made them,
+        // refusals for a missing scope included.
+        .route_layer(middleware::from_fn_with_state(
+            state.audit.clone(),
+            crate::audit::middleware::record,
+        ));
     Router::new()
         .nest("/v1", v1)
         .route("/health", get(health))

@@ -76,8 +76,9 @@ fn responses(success: (&str, Value), extra: &[&str]) -> Value {
             json!({"$ref": format!("#/components/responses/E{code}")}),
         );
     }
-    // Every route: the size limits, and the request timeout (503).
-    for code in ["413", "431", "500", "503"] {
+    // Every route: the size limits, rate limits (forced refreshes, failed
+    // authentication from the client's address) and the request timeout (503).
+    for code in ["413", "429", "431", "500", "503"] {
         map.insert(code.into(), json!({"$ref": format!("#/components/responses/E{code}")}));
     }
     Value::Object(map)
@@ -196,11 +197,15 @@ fn provider_schema() -> Value {
     schema
 }
 
+/// A project name (`thermos_core::id::is_valid_slug`).
+const SLUG_PATTERN: &str = "^[a-z0-9._-]{1,64}$";
+
 fn schemas() -> Value {
     let token_fields = json!({
-        "access_token": {"type": "string", "writeOnly": true},
-        "refresh_token": {"type": ["string", "null"], "writeOnly": true},
-        "expires_in": {"type": ["integer", "null"], "format": "int64", "description": "seconds from now; or give expires_at"},
+        "access_token": {"type": "string", "minLength": 1, "writeOnly": true},
+        "refresh_token": {"type": ["string", "null"], "minLength": 1, "writeOnly": true},
+        "expires_in": {"type": ["integer", "null"], "format": "int64", "minimum": 1, "maximum": super::connections::MAX_EXPIRES_IN_SECS,
+            "description": "seconds from now; or give expires_at (not both)"},
         "expires_at": nullable_date_time(),
         "scope": nullable("string"),
         "token_type": nullable("string"),
@@ -209,11 +214,20 @@ fn schemas() -> Value {
     for (k, v) in [
         (
             "project",
-            json!({"type": ["string", "null"], "description": "defaults to the caller's project"}),
+            json!({"type": ["string", "null"], "pattern": SLUG_PATTERN, "description": "defaults to the caller's project"}),
         ),
-        ("provider", json!({"type": "string"})),
-        ("external_id", json!({"type": "string"})),
-        ("metadata", json!({"description": "any JSON value"})),
+        (
+            "provider",
+            json!({"type": "string", "description": "a configured provider slug"}),
+        ),
+        (
+            "external_id",
+            json!({"type": "string", "minLength": 1, "maxLength": super::connections::MAX_EXTERNAL_ID, "pattern": "\\S"}),
+        ),
+        (
+            "metadata",
+            json!({"type": ["object", "null"], "description": "a JSON object, at most 16 KiB"}),
+        ),
     ] {
         create[k] = v;
     }
@@ -288,9 +302,9 @@ fn schemas() -> Value {
             "type": "object", "additionalProperties": false,
             "required": ["provider", "client_id"],
             "properties": {
-                "project": nullable("string"),
+                "project": {"type": ["string", "null"], "pattern": SLUG_PATTERN},
                 "provider": {"type": "string", "description": "a configured provider slug"},
-                "client_id": {"type": "string"},
+                "client_id": {"type": "string", "minLength": 1, "maxLength": super::apps::MAX_CLIENT_ID, "pattern": "^[^\\x00-\\x1f\\x7f]*\\S[^\\x00-\\x1f\\x7f]*$"},
                 "client_secret": {"type": ["string", "null"], "writeOnly": true},
                 "auth_method": {"type": ["string", "null"], "enum": ["client_secret_basic", "client_secret_post", "none", null]},
             },
@@ -529,7 +543,11 @@ pub fn document() -> Value {
             "/v1/apps": {
                 "post": op("registerApp", "apps", "Register (or replace) a project's own OAuth client for a provider", vec![],
                     Some((schema_ref("RegisterApp"), true)),
-                    responses(("201", ok("registered", schema_ref("App"))), &["404"])),
+                    {
+                        let mut answers = responses(("201", ok("registered", schema_ref("App"))), &["404"]);
+                        answers["200"] = ok("replaced the project's client for this provider", schema_ref("App"));
+                        answers
+                    }),
                 "get": op("listApps", "apps", "List a project's OAuth clients", vec![project()], None,
                     responses(("200", ok("the apps", schema_ref("AppList"))), &[])),
             },

@@ -14,6 +14,8 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 
+use thermos_core::id::{ConnectionId, is_valid_slug};
+
 use super::{AuditLog, Occurrence};
 use crate::api::auth::Identity;
 
@@ -72,16 +74,29 @@ pub fn audited(method: &Method, route: &str) -> Option<Audited> {
     }
 }
 
-/// The value of the last `{parameter}` of `route` in `path`.
+/// Recorded instead of a path parameter that does not have the shape of an
+/// id: whatever a client put in a path (a token pasted by mistake, say) is
+/// not copied into the audit log.
+pub const NOT_AN_ID: &str = "(not an id)";
+
+/// The value of the last `{parameter}` of `route` in `path`, if it has the
+/// shape of an id ([`NOT_AN_ID`] otherwise).
 pub fn path_target(route: &str, path: &str) -> Option<String> {
     let route = route.strip_prefix("/v1").unwrap_or(route);
     let path = path.strip_prefix("/v1").unwrap_or(path);
-    route
+    let (template, value) = route
         .split('/')
         .zip(path.split('/'))
         .filter(|(template, _)| template.starts_with('{'))
-        .map(|(_, value)| value.to_owned())
-        .last()
+        .last()?;
+    let is_id = match (route.split('/').nth(1), template) {
+        (Some("connections"), "{id}") => ConnectionId::parse(value).is_ok(),
+        (Some("keys"), "{key_id}") => crate::api_key::parse_key_ref(value).is_some(),
+        (Some("apps"), "{provider}") => is_valid_slug(value),
+        // Webhook, event and run ids: a prefix and hex or base32 digits.
+        _ => value.len() <= 64 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+    };
+    Some(if is_id { value.to_owned() } else { NOT_AN_ID.to_owned() })
 }
 
 /// Records audited requests (see the module docs). Layered inside the
@@ -91,9 +106,6 @@ pub async fn record(State(audit): State<AuditLog>, request: Request, next: Next)
         return next.run(request).await;
     };
     let Some(how) = audited(request.method(), &route) else {
-        return next.run(request).await;
-    };
-    let Some(identity) = request.extensions().get::<Identity>().cloned() else {
         return next.run(request).await;
     };
     let client = request
@@ -106,7 +118,11 @@ pub async fn record(State(audit): State<AuditLog>, request: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let target = path_target(&route, request.uri().path());
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    // Authentication hands back the key it resolved; none: not authenticated.
+    let Some(identity) = response.extensions_mut().remove::<Identity>() else {
+        return response;
+    };
     let status = response.status().as_u16();
     let occurrence = |action: String, target: Option<String>| Occurrence {
         actor: identity.key_id.clone(),
@@ -191,17 +207,45 @@ mod tests {
     #[test]
     fn the_target_is_the_last_path_parameter() {
         assert_eq!(
-            path_target("/v1/connections/{id}/token", "/v1/connections/conn_123/token").as_deref(),
-            Some("conn_123")
+            path_target(
+                "/v1/connections/{id}/token",
+                "/v1/connections/con_0123456789abcdef0123456789abcdef/token"
+            )
+            .as_deref(),
+            Some("con_0123456789abcdef0123456789abcdef")
         );
         assert_eq!(
-            path_target("/connections/{id}/token", "/connections/conn_9/token").as_deref(),
-            Some("conn_9")
+            path_target(
+                "/connections/{id}/token",
+                "/connections/con_99999999999999999999999999999999/token"
+            )
+            .as_deref(),
+            Some("con_99999999999999999999999999999999")
         );
         assert_eq!(
             path_target("/v1/apps/{provider}", "/v1/apps/slack").as_deref(),
             Some("slack")
         );
         assert_eq!(path_target("/v1/connections", "/v1/connections"), None);
+        assert_eq!(
+            path_target("/v1/webhooks/{id}", "/v1/webhooks/wh_01abc").as_deref(),
+            Some("wh_01abc")
+        );
+    }
+
+    #[test]
+    fn a_path_parameter_without_an_id_shape_is_not_copied() {
+        for (route, path) in [
+            (
+                "/v1/connections/{id}/token",
+                "/v1/connections/ya29.a0AfH6SMB-secret/token",
+            ),
+            ("/v1/connections/{id}", "/v1/connections/con_short"),
+            ("/v1/apps/{provider}", "/v1/apps/Not%20A%20Slug"),
+            ("/v1/webhooks/{id}", "/v1/webhooks/whsec_abc.def"),
+            ("/v1/keys/{key_id}", "/v1/keys/thk_0123456789ab_theSecretPart"),
+        ] {
+            assert_eq!(path_target(route, path).as_deref(), Some(NOT_AN_ID), "{path}");
+        }
     }
 }

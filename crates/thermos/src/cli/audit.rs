@@ -77,10 +77,11 @@ pub async fn run(config: &Config, command: AuditCommand) -> anyhow::Result<()> {
             println!("{}", line(record));
         }
     }
-    if !args.json && entries.len() == args.limit as usize {
-        if let Some(last) = entries.last() {
-            eprintln!("(more may follow: --before {})", last.id);
-        }
+    if !args.json
+        && entries.len() == args.limit as usize
+        && let Some(last) = entries.last()
+    {
+        eprintln!("(more may follow: --before {})", last.id);
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! command then works on the store directly (no running server needed).
 
 mod apps;
+mod audit;
 mod connections;
 pub(crate) mod doctor;
 mod events;
@@ -53,6 +54,9 @@ enum Command {
     /// Inspect events and their deliveries; redeliver.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Read the audit log: token fetches and changes, by API key.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Refresh the matching connections now, in batches (a run); exits
     /// non-zero when more than the failure threshold of attempts fail.
     Refresh(refresh::RefreshArgs),
@@ -108,6 +112,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Apps(command) => apps::run(&config, command).await,
         Command::Webhooks(command) => webhooks::run(&config, command).await,
         Command::Events(command) => events::run(&config, command).await,
+        Command::Audit(command) => audit::run(&config, command).await,
         Command::Refresh(args) => refresh::run(&config, args).await,
         Command::Runs(command) => runs::run(&config, command).await,
         Command::Doctor(args) => doctor::run(&config, args).await,
