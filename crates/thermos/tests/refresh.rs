@@ -295,6 +295,70 @@ async fn the_background_scheduler_keeps_short_lived_tokens_fresh_on_its_own() {
 }
 
 #[tokio::test]
+async fn a_refresh_token_re_encrypted_during_a_refresh_of_a_dead_grant_is_still_a_dead_grant() {
+    use thermos_core::id::ConnectionId;
+    use thermos_core::seal::Field;
+    use thermos_store::reseal::{Reseal, SealedColumn, SealedOwner};
+
+    let app = manual_app_with_latency(Duration::from_millis(400)).await;
+    let grant = app.provider.issue_grant();
+    let id = app.import(&grant, "user-1", 600).await;
+    assert!(app.provider.revoke(&grant.grant));
+
+    // A forced refresh is on its way with the dead grant...
+    let forced = tokio::spawn(
+        app.http
+            .post(app.url(&format!("/v1/connections/{id}/refresh")))
+            .bearer_auth(common::ADMIN_KEY)
+            .send(),
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || std::future::ready(
+            app.provider.in_flight() > 0
+        ))
+        .await
+    );
+    // ...while a master key rotation re-seals the same refresh token (new bytes, same text).
+    let store = app.engine.store();
+    let connection_id = ConnectionId::parse(&id).unwrap();
+    let record = store.get_connection(connection_id).await.unwrap().unwrap();
+    let old = record.refresh_token.clone().unwrap();
+    let text = app
+        .engine
+        .key()
+        .open(&connection_id, Field::RefreshToken, &old)
+        .unwrap();
+    let new = app.engine.key().seal(&connection_id, Field::RefreshToken, &text);
+    assert_ne!(old, new);
+    let replaced = store
+        .replace_sealed(vec![Reseal {
+            owner: SealedOwner::Connection(connection_id),
+            column: SealedColumn::RefreshToken,
+            old,
+            new,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(replaced, 1);
+
+    // The grant is dead, not superseded by some other refresh.
+    let answer = forced.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 409);
+    let c = app.connection(&id).await;
+    assert_eq!(c["status"], "needs_reauth");
+    let (_, attempts) = app.get(&format!("/v1/connections/{id}/attempts")).await;
+    let attempts = attempts["data"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "one attempt, not a superseded one and a retry: {attempts:?}"
+    );
+    assert_eq!(attempts[0]["error_code"], "invalid_grant");
+    assert_eq!(attempts[0]["outcome"], "failed");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_user_reconnecting_during_a_refresh_is_not_mistaken_for_a_dead_grant() {
     let app = manual_app_with_latency(Duration::from_millis(400)).await;
     let grant = app.provider.issue_grant();

@@ -370,15 +370,33 @@ async fn commit(
 }
 
 /// Re-reads the connection after an `invalid_grant`: if its tokens changed
-/// since the attempt began, another refresh won the race.
+/// since the attempt began, another refresh won the race. A refresh token
+/// re-encrypted under a new master key meanwhile has other bytes but is the
+/// same token: that is no race.
 async fn lost_race(inner: &Arc<Inner>, record: &ConnectionRecord) -> bool {
     match inner.store.get_connection(record.id).await {
-        Ok(Some(now)) => now.version != record.version || now.refresh_token != record.refresh_token,
+        Ok(Some(now)) => now.version != record.version || !same_refresh_token(inner, record, &now),
         Ok(None) => true,
         Err(e) => {
             warn!(connection_id = %record.id, error.message = %e, "re-read after invalid_grant failed; treating the grant as dead");
             false
         }
+    }
+}
+
+/// Whether two readings of one connection hold the same refresh token
+/// (equal bytes, or the same text sealed twice). One that cannot be opened
+/// counts as different.
+fn same_refresh_token(inner: &Inner, before: &ConnectionRecord, after: &ConnectionRecord) -> bool {
+    use secrecy::ExposeSecret as _;
+    match (&before.refresh_token, &after.refresh_token) {
+        (None, None) => true,
+        (Some(a), Some(b)) if a == b => true,
+        (Some(a), Some(b)) => {
+            let open = |sealed| inner.key.open(&before.id, Field::RefreshToken, sealed);
+            matches!((open(a), open(b)), (Ok(a), Ok(b)) if a.expose_secret() == b.expose_secret())
+        }
+        _ => false,
     }
 }
 
