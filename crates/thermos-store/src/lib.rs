@@ -11,6 +11,7 @@
 
 pub mod audit;
 mod batch;
+pub mod connect;
 mod group_commit;
 pub mod instance;
 pub mod outbox;
@@ -683,4 +684,70 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// How many stored sealed values each key id holds, by key id (the
     /// values too short to name one last, as `None`).
     async fn count_sealed_by_key_id(&self) -> StoreResult<Vec<reseal::KeyIdCount>>;
+
+    // --- Connect sessions (see [`connect`]) --------------------------------
+
+    /// Inserts a `pending` session, not yet begun. [`StoreError::Conflict`]
+    /// if the id exists.
+    async fn insert_connect_session(
+        &self,
+        new: connect::NewConnectSession,
+    ) -> StoreResult<connect::ConnectSessionRecord>;
+
+    /// One session.
+    async fn get_connect_session(&self, id: &str) -> StoreResult<Option<connect::ConnectSessionRecord>>;
+
+    /// Begins a `pending` session whose expiry is after `now`: stores the
+    /// state's hash and the sealed verifier (replacing those of an earlier
+    /// begin, whose state then no longer consumes anything) and `begun_at`.
+    /// A pending session past its expiry becomes `expired` (finished at
+    /// `now`); any other is left as it is.
+    async fn begin_connect_session(
+        &self,
+        id: &str,
+        state_hash: Vec<u8>,
+        code_verifier: Sealed,
+        now: OffsetDateTime,
+    ) -> StoreResult<connect::Begin>;
+
+    /// Consumes the session holding `state_hash`, atomically and once: of
+    /// any number of concurrent callers exactly one gets
+    /// [`connect::Consume::Consumed`] (the session is then `exchanging`,
+    /// `consumed_at` = `now`); later ones get `AlreadyUsed`. A pending
+    /// session past its expiry becomes `expired` and is refused.
+    async fn consume_connect_session(&self, state_hash: &[u8], now: OffsetDateTime) -> StoreResult<connect::Consume>;
+
+    /// Ends an `exchanging` session `failed` with `error_code` and
+    /// `message`, finished at `now`. `None` if it is unknown or not
+    /// `exchanging` (then nothing is written).
+    async fn fail_connect_session(
+        &self,
+        id: &str,
+        error_code: &str,
+        message: &str,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<connect::ConnectSessionRecord>>;
+
+    /// The connection of `project` for (`provider`, `external_id`), if any.
+    async fn find_connection(
+        &self,
+        project: &str,
+        provider: &str,
+        external_id: &str,
+    ) -> StoreResult<Option<ConnectionRecord>>;
+
+    /// Creates or reconnects a connection (see [`connect::Connect`]) and, in
+    /// the same transaction, writes `events` (with their deliveries) and
+    /// ends the `exchanging` session `session_id` (if given) `completed`
+    /// with the connection's id, finished at `now`. A create is an `active`
+    /// connection at version 1 as [`Store::insert_connection`] makes; a
+    /// reconnect applies only at the expected version. On
+    /// [`connect::ConnectOutcome::Stale`] nothing is written.
+    async fn connect_connection(
+        &self,
+        session_id: Option<&str>,
+        connect: connect::Connect,
+        now: OffsetDateTime,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<connect::ConnectOutcome>;
 }

@@ -28,6 +28,7 @@
 
 mod api_key;
 mod audit;
+mod connect;
 mod connection;
 mod custom_app;
 mod delivery;
@@ -546,6 +547,64 @@ impl Store for PgStore {
 
     async fn count_sealed_by_key_id(&self) -> StoreResult<Vec<crate::reseal::KeyIdCount>> {
         reseal::count(self).await
+    }
+
+    async fn insert_connect_session(
+        &self,
+        new: crate::connect::NewConnectSession,
+    ) -> StoreResult<crate::connect::ConnectSessionRecord> {
+        connect::insert(self, new).await
+    }
+
+    async fn get_connect_session(&self, id: &str) -> StoreResult<Option<crate::connect::ConnectSessionRecord>> {
+        connect::get(self, id).await
+    }
+
+    async fn begin_connect_session(
+        &self,
+        id: &str,
+        state_hash: Vec<u8>,
+        code_verifier: thermos_core::seal::Sealed,
+        now: OffsetDateTime,
+    ) -> StoreResult<crate::connect::Begin> {
+        connect::begin(self, id, state_hash, code_verifier, now).await
+    }
+
+    async fn consume_connect_session(
+        &self,
+        state_hash: &[u8],
+        now: OffsetDateTime,
+    ) -> StoreResult<crate::connect::Consume> {
+        connect::consume(self, state_hash, now).await
+    }
+
+    async fn fail_connect_session(
+        &self,
+        id: &str,
+        error_code: &str,
+        message: &str,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<crate::connect::ConnectSessionRecord>> {
+        connect::fail(self, id, error_code, message, now).await
+    }
+
+    async fn find_connection(
+        &self,
+        project: &str,
+        provider: &str,
+        external_id: &str,
+    ) -> StoreResult<Option<ConnectionRecord>> {
+        connect::find_connection(self, project, provider, external_id).await
+    }
+
+    async fn connect_connection(
+        &self,
+        session_id: Option<&str>,
+        connect: crate::connect::Connect,
+        now: OffsetDateTime,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<crate::connect::ConnectOutcome> {
+        connect::connect_connection(self, session_id, connect, now, events).await
     }
 }
 

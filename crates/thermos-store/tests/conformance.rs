@@ -71,6 +71,8 @@ mod audit;
 mod batch_insert;
 #[path = "conformance/concurrent_finish.rs"]
 mod concurrent_finish;
+#[path = "conformance/connect.rs"]
+mod connect;
 #[path = "conformance/reseal.rs"]
 mod reseal;
 
