@@ -9,6 +9,9 @@
 //!   (RFC 6749 §2.3.1, so a client that forgets to encode a secret such as
 //!   the default `s3cr+t/=:%` is refused), one method per request, form
 //!   bodies only, no repeated parameters;
+//! - `GET /authorize` and the `authorization_code` grant at `POST /token`
+//!   — the authorization code flow with PKCE (S256), approving at once
+//!   without a user interface (see [`authorize`]);
 //! - `GET /resource` — a protected API: 200 for a live `Bearer` access token, else 401;
 //! - `GET /health` — 200;
 //! - only when started with [`TestProvider::try_start_with_admin`] (the
@@ -43,6 +46,7 @@
 //! # }
 //! ```
 
+pub mod authorize;
 mod book;
 pub mod fault;
 mod server;
@@ -218,6 +222,12 @@ impl TestProvider {
         format!("{}/token", self.base_url())
     }
 
+    /// The authorization endpoint, `http://127.0.0.1:<port>/authorize`: it
+    /// approves at once and redirects back with a code (see [`authorize`]).
+    pub fn authorize_url(&self) -> String {
+        format!("{}/authorize", self.base_url())
+    }
+
     /// The protected resource, `http://127.0.0.1:<port>/resource`.
     pub fn resource_url(&self) -> String {
         format!("{}/resource", self.base_url())
@@ -277,6 +287,23 @@ impl TestProvider {
     /// revoked or unknown).
     pub fn current_refresh_token(&self, grant: &GrantId) -> Option<String> {
         self.shared.book().current_refresh_token(grant)
+    }
+
+    /// Makes `GET /authorize` redirect back with `error` (e.g.
+    /// `access_denied`, as a user refusing would) instead of a code, until
+    /// called again with `None`.
+    pub fn set_authorize_error(&self, error: Option<&str>) {
+        self.shared.authorizations.set_error(error.map(str::to_owned));
+    }
+
+    /// The grants started by authorization code exchanges, oldest first.
+    pub fn authorized_grants(&self) -> Vec<GrantId> {
+        self.shared.authorizations.grants()
+    }
+
+    /// Authorization codes `GET /authorize` issued.
+    pub fn codes_issued(&self) -> u64 {
+        self.shared.authorizations.codes_issued()
     }
 
     // ----- observations ----------------------------------------------------

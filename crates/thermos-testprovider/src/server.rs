@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub calls: Mutex<Vec<crate::TokenCall>>,
     pub in_flight: AtomicU32,
     pub max_in_flight: AtomicU32,
+    /// Authorization codes (`GET /authorize`, see `authorize.rs`).
+    pub authorizations: crate::authorize::Authorizations,
 }
 
 impl Shared {
@@ -59,6 +61,7 @@ impl Shared {
             calls: Mutex::default(),
             in_flight: AtomicU32::new(0),
             max_in_flight: AtomicU32::new(0),
+            authorizations: crate::authorize::Authorizations::default(),
         }
     }
 
@@ -74,6 +77,7 @@ impl Shared {
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/token", post(token))
+        .route("/authorize", get(crate::authorize::authorize))
         .route("/resource", get(resource))
         .route("/health", get(|| async { "ok" }))
         .with_state(shared)
@@ -247,6 +251,7 @@ fn refresh(shared: &Shared, headers: &HeaderMap, form: &HashMap<String, String>)
     }
     match form.get("grant_type").map(String::as_str) {
         Some("refresh_token") => {}
+        Some("authorization_code") => return crate::authorize::exchange(shared, form),
         Some(_) => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -492,11 +497,11 @@ async fn resource(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Resp
     }
 }
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+pub(crate) fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     json_response(status, json!({"error": error, "error_description": description}))
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: Value) -> Response {
     (
         status,
         [
