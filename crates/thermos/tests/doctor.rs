@@ -270,3 +270,43 @@ async fn no_live_instance_or_only_api_only_ones_is_a_warning() {
     let (_, report) = setup.doctor(false);
     assert!(line(&report, "instances").contains("all API-only"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_under_an_older_key_warn_and_under_an_unconfigured_key_fail() {
+    use secrecy::ExposeSecret as _;
+    let provider = TestProvider::start(ProviderOptions::default()).await;
+    let setup = Setup::new(&provider.token_url()).await;
+    let now = OffsetDateTime::now_utc();
+    setup
+        .connection("sealed", now + Duration::hours(1), now + Duration::minutes(50))
+        .await;
+    let key_file = setup.dir.path().join("thermos.key");
+    let (code, report) = setup.doctor(false);
+    assert!(line(&report, "sealed secrets").starts_with("ok"), "{code} {report}");
+    assert!(
+        line(&report, "sealed secrets").contains("all 2 under the primary key"),
+        "{report}"
+    );
+
+    // A new primary key, the old one second: a rotation not yet finished.
+    let old = std::fs::read_to_string(&key_file).unwrap();
+    let (new_key, new_text) = MasterKey::generate();
+    std::fs::write(&key_file, format!("{}\n{old}", new_text.expose_secret())).unwrap();
+    let (_, report) = setup.doctor(false);
+    let sealed = line(&report, "sealed secrets");
+    assert!(sealed.starts_with("warn"), "{report}");
+    assert!(
+        sealed.contains(&format!("0 under the primary key {}", new_key.id_hex())),
+        "{report}"
+    );
+    assert!(sealed.contains(&format!("2 under {}", setup.key.id_hex())), "{report}");
+
+    // The old key dropped before re-encryption: those secrets cannot be opened.
+    std::fs::write(&key_file, new_text.expose_secret()).unwrap();
+    let (code, report) = setup.doctor(false);
+    assert_ne!(code, 0, "{report}");
+    let sealed = line(&report, "sealed secrets");
+    assert!(sealed.starts_with("fail"), "{report}");
+    assert!(sealed.contains(&format!("2 under {}", setup.key.id_hex())), "{report}");
+    assert!(!report.contains(new_text.expose_secret()), "the report shows a key");
+}

@@ -125,6 +125,7 @@ async fn collect(config: &Config) -> Vec<Check> {
     }
     checks.extend(setup::database_directory(config));
     checks.push(setup::master_key(config, store.as_deref()).await);
+    checks.extend(setup::sealed_keys(config, store.as_deref()).await);
     checks.push(setup::admin_key(config));
     checks.extend(setup::providers(config).await);
     if let Some(store) = &store {

@@ -125,6 +125,63 @@ pub(super) async fn master_key(config: &Config, store: Option<&dyn Store>) -> Ch
     }
 }
 
+/// Which keys the stored secrets are sealed with: every key id must be
+/// configured (else those secrets cannot be opened), and values still under
+/// an older key mean a rotation is unfinished. `None` without a store or a
+/// loadable key (the master key check says why).
+pub(super) async fn sealed_keys(config: &Config, store: Option<&dyn Store>) -> Option<Check> {
+    let name = "sealed secrets";
+    let store = store?;
+    // Never generate a key here (the master key check reports it missing).
+    if std::env::var_os(MASTER_KEY_ENV).is_none() && !config.security.master_key_file.exists() {
+        return None;
+    }
+    let (key, _) = config.load_or_create_master_key().ok()?;
+    let counts = match store.count_sealed_by_key_id().await {
+        Ok(counts) => counts,
+        Err(e) => {
+            return Some(Check::warn(
+                name,
+                format!("cannot count them: {}", error_chain(&e)),
+                "see the database check",
+            ));
+        }
+    };
+    let configured = key.key_ids();
+    let primary = key.primary_id();
+    let (mut under_primary, mut under_old, mut unknown, mut malformed) = (0u64, Vec::new(), Vec::new(), 0u64);
+    for entry in counts {
+        match entry.key_id {
+            Some(id) if id == primary => under_primary += entry.count,
+            Some(id) if configured.contains(&id) => under_old.push(format!("{} under {id}", entry.count)),
+            Some(id) => unknown.push(format!("{} under {id}", entry.count)),
+            None => malformed += entry.count,
+        }
+    }
+    Some(if !unknown.is_empty() || malformed > 0 {
+        let mut what = unknown;
+        if malformed > 0 {
+            what.push(format!("{malformed} too short to name a key"));
+        }
+        Check::fail(
+            name,
+            format!("stored secrets no configured key opens: {}", what.join(", ")),
+            "add the key they were sealed with to the key file (after the primary) or THERMOS_MASTER_KEY;              `thermos keys master-status` lists them",
+        )
+    } else if !under_old.is_empty() {
+        Check::warn(
+            name,
+            format!(
+                "{under_primary} under the primary key {primary}; still under older keys: {}",
+                under_old.join(", ")
+            ),
+            "finish the rotation: `thermos keys reencrypt`, then `thermos keys retire-master ID`",
+        )
+    } else {
+        Check::ok(name, format!("all {under_primary} under the primary key {primary}"))
+    })
+}
+
 /// (opened, failed) over the first connections' access tokens.
 async fn open_sample(key: &MasterKey, store: &dyn Store) -> thermos_store::StoreResult<(usize, usize)> {
     let records = store
