@@ -201,6 +201,10 @@ impl Application {
             auth_failures: Arc::new(crate::api::auth::AuthFailureLimiter::new(
                 config.security.auth_failures_per_minute,
             )),
+            connect: crate::api::connect::ConnectSettings::new(
+                config.server.public_url.clone(),
+                config.refresh.request_timeout,
+            ),
         };
         Ok(Self {
             listener,

@@ -10,6 +10,7 @@
 
 pub mod apps;
 pub mod auth;
+pub mod connect;
 mod connections;
 pub mod dto;
 pub mod error;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub auth_failures: Arc<auth::AuthFailureLimiter>,
     /// The audit log's writer (token fetches and changes, by key).
     pub audit: crate::audit::AuditLog,
+    /// Connect sessions: `server.public_url` and the code exchange client.
+    pub connect: connect::ConnectSettings,
 }
 
 /// The full router: `/v1/…`, `/health`, `/ready`, `/metrics`.
@@ -96,6 +99,8 @@ pub fn router(state: AppState) -> Router {
         .route("/apps/{provider}", axum::routing::delete(apps::delete))
         .route("/keys", post(keys::create).get(keys::list))
         .route("/keys/{key_id}", axum::routing::delete(keys::revoke))
+        .route("/connect/sessions", post(connect::create))
+        .route("/connect/sessions/{id}", get(connect::show))
         // Who is calling, and may they.
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         // Outside authentication, which hands it the key (`Identity`) in the
@@ -111,6 +116,9 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi::serve))
+        // The end user's browser, with no API key (see `connect.rs`).
+        .route("/connect/{id}", get(connect::start))
+        .route("/oauth/callback", get(connect::callback))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -84,6 +84,24 @@ fn responses(success: (&str, Value), extra: &[&str]) -> Value {
     Value::Object(map)
 }
 
+/// The answers of a browser-facing route: HTML pages and redirects (plus
+/// the limits' JSON errors).
+fn browser_responses(statuses: &[&str]) -> Value {
+    let mut map = Map::new();
+    for status in statuses {
+        let answer = if *status == "302" {
+            json!({"description": "redirect (Location)"})
+        } else {
+            json!({"description": "a short HTML page", "content": {"text/html": {"schema": {"type": "string"}}}})
+        };
+        map.insert((*status).to_owned(), answer);
+    }
+    for code in ["413", "431", "503"] {
+        map.insert(code.into(), json!({"$ref": format!("#/components/responses/E{code}")}));
+    }
+    Value::Object(map)
+}
+
 fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
 }
@@ -200,6 +218,44 @@ fn provider_schema() -> Value {
 /// A project name (`thermos_core::id::is_valid_slug`).
 const SLUG_PATTERN: &str = "^[a-z0-9._-]{1,64}$";
 
+/// The connect-session schemas (`connect.rs`).
+fn connect_schemas() -> Value {
+    json!({
+        "CreateConnectSession": {
+            "type": "object", "additionalProperties": false,
+            "required": ["provider", "external_id"],
+            "properties": {
+                "project": {"type": ["string", "null"], "pattern": SLUG_PATTERN, "description": "defaults to the caller's project"},
+                "provider": {"type": "string", "description": "a configured provider slug with an authorization_url"},
+                "external_id": {"type": "string", "minLength": 1, "maxLength": super::connections::MAX_EXTERNAL_ID, "pattern": "\\S"},
+                "scopes": {"type": ["array", "null"], "maxItems": super::connect::MAX_SCOPES,
+                    "items": {"type": "string", "minLength": 1, "maxLength": super::connect::MAX_SCOPE_LEN, "pattern": "^[!#-\\[\\]-~]+$"},
+                    "description": "defaults to the provider's configured scopes"},
+                "redirect_after": {"type": ["string", "null"], "maxLength": super::connect::MAX_REDIRECT_AFTER,
+                    "description": "absolute https URL (http only to a loopback host, or with security.allow_private_targets), no user info or fragment; gets connection_id, status, error and session_id in its query"},
+            },
+        },
+        "ConnectSession": object(
+            &["id", "url", "project", "provider", "external_id", "scopes", "redirect_after", "status", "connection_id", "error", "created_at", "expires_at", "finished_at"],
+            json!({
+                "id": {"type": "string"},
+                "url": {"type": "string", "description": "send the end user's browser here"},
+                "project": {"type": "string"},
+                "provider": {"type": "string"},
+                "external_id": {"type": "string"},
+                "scopes": {"type": "array", "items": {"type": "string"}},
+                "redirect_after": nullable("string"),
+                "status": {"type": "string", "enum": ["pending", "exchanging", "completed", "failed", "expired"]},
+                "connection_id": nullable("string"),
+                "error": {"oneOf": [object(&["code", "message"], json!({"code": {"type": "string"}, "message": {"type": "string"}})), {"type": "null"}]},
+                "created_at": date_time(),
+                "expires_at": date_time(),
+                "finished_at": nullable_date_time(),
+            }),
+        ),
+    })
+}
+
 fn schemas() -> Value {
     let token_fields = json!({
         "access_token": {"type": "string", "minLength": 1, "writeOnly": true},
@@ -231,7 +287,7 @@ fn schemas() -> Value {
     ] {
         create[k] = v;
     }
-    json!({
+    let mut schemas = json!({
         "Error": object(&["error"], json!({"error": object(&["code", "type", "message", "request_id"], json!({
             "code": {"type": "integer", "enum": [1600, 1601, 1602, 1603, 1604, 1605, 1606, 1607, 1610, 1611, 1612, 1613]},
             "type": {"type": "string", "enum": ["bad_request", "internal", "unavailable", "not_found", "conflict", "unauthorized", "forbidden", "rate_limited", "needs_reauth", "provider_error", "payload_too_large", "headers_too_large"]},
@@ -396,7 +452,11 @@ fn schemas() -> Value {
         "ApiKey": super::keys::key_schema(),
         "CreatedApiKey": super::keys::created_key_schema(),
         "ApiKeyList": list_of("ApiKey"),
-    })
+    });
+    if let (Some(all), Value::Object(connect)) = (schemas.as_object_mut(), connect_schemas()) {
+        all.extend(connect);
+    }
+    schemas
 }
 
 /// Notes on every `/v1` operation the scope it needs
@@ -451,6 +511,36 @@ fn error_responses() -> Value {
 }
 
 /// The whole document.
+/// The connect-session operations (`connect.rs`): two under `/v1`, and
+/// the two routes the end user's browser opens, which need no key.
+fn connect_paths() -> Value {
+    json!({
+            "/v1/connect/sessions": {
+                "post": op("createConnectSession", "connect", "Start connecting an account: a session whose url the end user's browser opens", vec![],
+                    Some((schema_ref("CreateConnectSession"), true)),
+                    responses(("201", ok("created", schema_ref("ConnectSession"))), &[])),
+            },
+            "/v1/connect/sessions/{id}": {
+                "get": op("getConnectSession", "connect", "A connect session: its status and outcome (connection or error)",
+                    vec![path_param("id", "session id (cs_…)")], None,
+                    responses(("200", ok("the session", schema_ref("ConnectSession"))), &["404"])),
+            },
+            "/connect/{id}": {
+                "get": public(op("startConnectSession", "connect", "The end user's browser: redirects to the provider's authorization endpoint (authorization code, PKCE S256)",
+                    vec![path_param("id", "session id (cs_…)")], None, browser_responses(&["302", "404", "410", "500"]))),
+            },
+            "/oauth/callback": {
+                "get": public(op("oauthCallback", "connect", "The provider redirects the browser here: the code is exchanged and the connection created or reconnected, then the browser goes to redirect_after or sees a short page",
+                    vec![
+                        query("state", json!({"type": "string"}), "the session's state"),
+                        query("code", json!({"type": "string"}), "the authorization code"),
+                        query("error", json!({"type": "string"}), "the provider's error (access_denied, …)"),
+                        query("error_description", json!({"type": "string"}), "the provider's description of it"),
+                    ], None, browser_responses(&["200", "302", "400", "403", "409", "410", "500", "502"]))),
+            },
+    })
+}
+
 pub fn document() -> Value {
     let id = || path_param("id", "connection id");
     let limit = |max: u32| {
@@ -476,7 +566,7 @@ pub fn document() -> Value {
     };
     let no_content = || json!({"description": "deleted"});
     let token_errors = ["404", "409", "429", "502", "503"];
-    with_required_scopes(json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Thermos API",
@@ -495,7 +585,7 @@ pub fn document() -> Value {
         "tags": [
             {"name": "connections"}, {"name": "apps"}, {"name": "webhooks"}, {"name": "events"},
             {"name": "providers"}, {"name": "keys"}, {"name": "operations"},
-            {"name": "runs"},
+            {"name": "runs"}, {"name": "connect"},
         ],
         "paths": {
             "/v1/connections": {
@@ -641,7 +731,11 @@ pub fn document() -> Value {
             "schemas": schemas(),
             "responses": error_responses(),
         },
-    }))
+    });
+    if let (Some(paths), Value::Object(connect)) = (doc["paths"].as_object_mut(), connect_paths()) {
+        paths.extend(connect);
+    }
+    with_required_scopes(doc)
 }
 
 #[cfg(test)]

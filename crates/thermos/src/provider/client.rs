@@ -81,20 +81,49 @@ impl RefreshClient {
     /// The configured `scopes` are not sent: a refresh without `scope` keeps
     /// the scope the user granted (RFC 6749 §6), while sending more fails.
     pub async fn refresh(&self, app: &ProviderApp, refresh_token: &SecretString, clock: &dyn Clock) -> RefreshOutcome {
-        let secrets = secret_forms(app, refresh_token);
-        let outcome = self.exchange(app, refresh_token, &secrets, clock).await;
+        let secrets = secret_forms(app, &[refresh_token]);
+        let grant = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+        ];
+        let outcome = self.exchange(app, &grant, &secrets, clock).await;
+        scrub(outcome, &secrets)
+    }
+
+    /// Sends one `authorization_code` grant (RFC 6749 §4.1.3) with its PKCE
+    /// `code_verifier` (RFC 7636 §4.5) for `app`, with the same client
+    /// authentication, limits and classification as [`RefreshClient::refresh`]:
+    /// `Refreshed` carries the first tokens, `InvalidGrant` a code that is
+    /// unknown, used, expired or whose verifier does not match. The code and
+    /// the verifier are scrubbed from every text of the outcome.
+    pub async fn exchange_code(
+        &self,
+        app: &ProviderApp,
+        code: &SecretString,
+        redirect_uri: &str,
+        code_verifier: &SecretString,
+        clock: &dyn Clock,
+    ) -> RefreshOutcome {
+        let secrets = secret_forms(app, &[code, code_verifier]);
+        let grant = [
+            ("grant_type", "authorization_code"),
+            ("code", code.expose_secret()),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", code_verifier.expose_secret()),
+        ];
+        let outcome = self.exchange(app, &grant, &secrets, clock).await;
         scrub(outcome, &secrets)
     }
 
     async fn exchange(
         &self,
         app: &ProviderApp,
-        refresh_token: &SecretString,
+        grant: &[(&str, &str)],
         secrets: &[String],
         clock: &dyn Clock,
     ) -> RefreshOutcome {
         let endpoint = display_url(&app.token_url);
-        let request = match self.request(app, refresh_token) {
+        let request = match self.request(app, grant) {
             Ok(request) => request,
             Err(detail) => return failure(TransientKind::MalformedResponse, None, detail),
         };
@@ -133,12 +162,10 @@ impl RefreshClient {
         classify_response(status, retry_after.as_deref(), &body, received_at, app.default_ttl)
     }
 
-    /// The POST with its form body and client authentication.
-    fn request(&self, app: &ProviderApp, refresh_token: &SecretString) -> Result<reqwest::RequestBuilder, String> {
-        let mut form: Vec<(&str, &str)> = vec![
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token.expose_secret()),
-        ];
+    /// The POST with its form body (the `grant` parameters first) and
+    /// client authentication.
+    fn request(&self, app: &ProviderApp, grant: &[(&str, &str)]) -> Result<reqwest::RequestBuilder, String> {
+        let mut form: Vec<(&str, &str)> = grant.to_vec();
         let secret = app.client_secret.as_ref().map_or("", ExposeSecret::expose_secret);
         let mut authorization = None;
         match app.auth_method {
@@ -152,7 +179,9 @@ impl RefreshClient {
         form.extend(
             app.extra_params
                 .iter()
-                .filter(|(key, _)| !RESERVED_PARAMS.contains(&key.as_str()))
+                .filter(|(key, _)| {
+                    !RESERVED_PARAMS.contains(&key.as_str()) && !grant.iter().any(|(name, _)| name == key)
+                })
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         );
         let body = serde_urlencoded::to_string(&form).map_err(|e| format!("encode the token request: {e}"))?;
@@ -248,14 +277,15 @@ fn display_url(url: &Url) -> String {
 /// mangle every detail.
 const MIN_SCRUBBED_LEN: usize = 8;
 
-/// The secrets a token request sends — the refresh token and the client
-/// secret — in every form a provider may echo them: as is, form-encoded (in
+/// The secrets a token request sends — the refresh token (or the code and
+/// verifier) and the client secret — in every form a provider may echo them: as is, form-encoded (in
 /// the body), percent-encoded, JSON-escaped, and the Basic credentials
 /// (base64). Longest first, so a form is replaced before any it contains.
-fn secret_forms(app: &ProviderApp, refresh_token: &SecretString) -> Zeroizing<Vec<String>> {
+fn secret_forms(app: &ProviderApp, sent: &[&SecretString]) -> Zeroizing<Vec<String>> {
     let secret = app.client_secret.as_ref().map(ExposeSecret::expose_secret);
     let mut forms = Zeroizing::new(Vec::new());
-    for raw in [Some(refresh_token.expose_secret()), secret].into_iter().flatten() {
+    let sent = sent.iter().map(|s| s.expose_secret());
+    for raw in sent.chain(secret) {
         let form: String = url::form_urlencoded::byte_serialize(raw.as_bytes()).collect();
         forms.push(form.replace('+', "%20"));
         forms.push(form);
@@ -371,7 +401,7 @@ mod tests {
             rate_limit_per_second: None,
         };
         let token: SecretString = "rt_abc+def/ghi=".to_owned().into();
-        let secrets = secret_forms(&app, &token);
+        let secrets = secret_forms(&app, &[&token]);
         let basic = basic_authorization("client", "s3cr+t/=:%x").unwrap();
         let basic = basic.to_str().unwrap();
         // As a provider that escapes slashes in JSON strings would write it.
