@@ -288,5 +288,6 @@ fn sealed(key: &MasterKey, i: usize, row: Row, now: OffsetDateTime) -> NewConnec
         expires_at: row.expires_at,
         metadata: serde_json::json!({}),
         next_refresh_at: row.next_refresh_at,
+        grant: Default::default(),
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod breaker;
 pub mod clock;
+pub mod grant;
 pub mod id;
 pub mod oauth;
 pub mod plan;

@@ -45,6 +45,9 @@ pub enum Field {
     /// A project's own client secret (custom apps; also webhook signing
     /// secrets, under the owner `webhook/{id}`).
     ClientSecret,
+    /// A connection's private key (PEM) that signs JWT-bearer assertions
+    /// (RFC 7523); stored in the refresh token's column.
+    PrivateKey,
 }
 
 impl Field {
@@ -53,6 +56,7 @@ impl Field {
             Self::AccessToken => "access_token",
             Self::RefreshToken => "refresh_token",
             Self::ClientSecret => "client_secret",
+            Self::PrivateKey => "private_key",
         }
     }
 }

@@ -78,6 +78,7 @@ mod tests {
             expires_at: OffsetDateTime::UNIX_EPOCH,
             metadata: serde_json::json!({}),
             next_refresh_at: OffsetDateTime::UNIX_EPOCH,
+            grant: Default::default(),
         }
     }
 

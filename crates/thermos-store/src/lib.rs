@@ -25,6 +25,7 @@ use outbox::{
     DeliveryAttempt, DeliveryNext, DeliveryRecord, EventFilter, EventRecord, EventWithDeliveries, NewEvent,
     WebhookRecord,
 };
+use thermos_core::grant::GrantType;
 use thermos_core::id::ConnectionId;
 use thermos_core::seal::Sealed;
 use thermos_core::status::ConnectionStatus;
@@ -125,6 +126,23 @@ pub struct ConnectionRecord {
     pub lease_until: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// How the tokens are re-issued; fixed when the connection is created.
+    pub grant: ConnectionGrant,
+}
+
+/// How a connection's tokens are re-issued (docs/grants.md): the grant type
+/// and what it needs besides the provider app's credentials. Never a
+/// secret: a `jwt_bearer` connection's private key is sealed
+/// ([`Field::PrivateKey`](thermos_core::seal::Field::PrivateKey)) in the
+/// `refresh_token` column, which the engine keeps across refreshes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConnectionGrant {
+    /// `refresh_token` (the default), `client_credentials` or `jwt_bearer`.
+    pub grant_type: GrantType,
+    /// The grant's parameters as JSON (`None` for `refresh_token`): the
+    /// scope to request, the assertion's claims. The store does not
+    /// interpret them.
+    pub params: Option<serde_json::Value>,
 }
 
 /// A connection to insert. The id is chosen by the caller because the
@@ -143,6 +161,9 @@ pub struct NewConnection {
     pub expires_at: OffsetDateTime,
     pub metadata: serde_json::Value,
     pub next_refresh_at: OffsetDateTime,
+    /// How the tokens are re-issued ([`ConnectionGrant::default`]: the
+    /// user's refresh token).
+    pub grant: ConnectionGrant,
 }
 
 /// New token columns, from a refresh or a user's reconnect.

@@ -73,6 +73,8 @@ mod batch_insert;
 mod concurrent_finish;
 #[path = "conformance/connect.rs"]
 mod connect;
+#[path = "conformance/grant_types.rs"]
+mod grant_types;
 #[path = "conformance/reseal.rs"]
 mod reseal;
 
@@ -214,6 +216,7 @@ async fn a_new_connection_is_active_at_version_one_and_reads_back_as_inserted(st
         lease_until: None,
         created_at: at(5),
         updated_at: at(5),
+        grant: Default::default(),
     };
     assert_eq!(inserted, expected);
     assert_eq!(get(&*store, new.id).await, expected);

@@ -102,6 +102,7 @@ impl Fixture {
             expires_at: now + Duration::from_secs(3600),
             metadata: json!({}),
             next_refresh_at: now,
+            grant: Default::default(),
         };
         self.store.insert_connection(new, now, vec![]).await.unwrap();
         let Claim::Claimed(record) = self

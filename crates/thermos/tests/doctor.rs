@@ -76,6 +76,7 @@ impl Setup {
             expires_at,
             metadata: serde_json::json!({}),
             next_refresh_at,
+            grant: Default::default(),
         };
         self.store.insert_connection(new, now, Vec::new()).await.unwrap();
         id.to_string()

@@ -230,6 +230,7 @@ async fn store_with_connections(
             expires_at: now + Duration::from_secs(3600),
             metadata: json!({}),
             next_refresh_at: now + Duration::from_secs(3000),
+            grant: Default::default(),
         };
         store.insert_connection(new, now, Vec::new()).await.unwrap();
         grants.push(grant);

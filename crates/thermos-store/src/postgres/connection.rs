@@ -17,7 +17,7 @@ use crate::{
     ConnectionFilter, ConnectionRecord, NewConnection, StatusCount, StoreError, StoreResult, TokenUpdate, batch,
 };
 
-/// Rows per statement of a batch insert: 12 bound values each, plus `now`,
+/// Rows per statement of a batch insert: 14 bound values each, plus `now`,
 /// stays under PostgreSQL's limit of 65,535 bound parameters.
 const ROWS_PER_INSERT: usize = 2000;
 
@@ -31,8 +31,8 @@ pub(super) async fn insert(
     let sql = format!(
         "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
          scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
-         version, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active', $12, 0, 0, 1, $13, $13) \
+         version, created_at, updated_at, grant_type, grant_params) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active', $12, 0, 0, 1, $13, $13, $14, $15) \
          RETURNING {CONNECTION_COLUMNS}"
     );
     let mut tx = store.begin().await?;
@@ -50,6 +50,8 @@ pub(super) async fn insert(
         .bind(&new.metadata)
         .bind(ms(new.next_refresh_at))
         .bind(ms(now))
+        .bind(new.grant.grant_type.as_str())
+        .bind(&new.grant.params)
         .fetch_one(&mut *tx)
         .await
         .map_err(conflict_or)?;
@@ -89,7 +91,9 @@ pub(super) async fn insert_many(
                 .bind(ms(new.issued_at))
                 .bind(ms(new.expires_at))
                 .bind(&new.metadata)
-                .bind(ms(new.next_refresh_at));
+                .bind(ms(new.next_refresh_at))
+                .bind(new.grant.grant_type.as_str())
+                .bind(&new.grant.params);
         }
         let inserted = query.fetch_all(&mut *tx).await?;
         // Dropping the transaction rolls it back.
@@ -104,23 +108,23 @@ pub(super) async fn insert_many(
 
 /// A multi-row insert of `rows` connections that skips (and so does not
 /// return the id of) a row hitting a unique constraint: `$1` is `now`, then
-/// 12 values a row.
+/// 14 values a row.
 fn insert_many_sql(rows: usize) -> String {
     use std::fmt::Write as _;
     let mut sql = String::from(
         "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
          scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
-         version, created_at, updated_at) VALUES ",
+         version, created_at, updated_at, grant_type, grant_params) VALUES ",
     );
     for row in 0..rows {
-        let p = 2 + row * 12;
+        let p = 2 + row * 14;
         if row > 0 {
             sql.push_str(", ");
         }
         // Writing to a String cannot fail.
         let _ = write!(
             sql,
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'active', ${}, 0, 0, 1, $1, $1)",
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'active', ${}, 0, 0, 1, $1, $1, ${}, ${})",
             p,
             p + 1,
             p + 2,
@@ -132,7 +136,9 @@ fn insert_many_sql(rows: usize) -> String {
             p + 8,
             p + 9,
             p + 10,
-            p + 11
+            p + 11,
+            p + 12,
+            p + 13
         );
     }
     sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");

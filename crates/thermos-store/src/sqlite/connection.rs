@@ -16,7 +16,7 @@ use crate::{
     ConnectionFilter, ConnectionRecord, NewConnection, StatusCount, StoreError, StoreResult, TokenUpdate, batch,
 };
 
-/// Rows per statement of a batch insert: 14 bound values each stay well
+/// Rows per statement of a batch insert: 16 bound values each stay well
 /// under SQLite's limit of 32,766 bound parameters.
 const ROWS_PER_INSERT: usize = 1000;
 
@@ -33,8 +33,8 @@ pub(super) async fn insert(
     let sql = format!(
         "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
          scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
-         version, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13) \
+         version, created_at, updated_at, grant_type, grant_params) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13, ?14, ?15) \
          RETURNING {CONNECTION_COLUMNS}"
     );
     let mut tx = store.begin_write().await?;
@@ -52,6 +52,8 @@ pub(super) async fn insert(
         .bind(metadata)
         .bind(row::millis(new.next_refresh_at))
         .bind(now)
+        .bind(new.grant.grant_type.as_str())
+        .bind(grant_params(&new)?)
         .fetch_one(&mut *tx)
         .await
         .map_err(conflict_or)?;
@@ -94,7 +96,9 @@ pub(super) async fn insert_many(
                 .bind(metadata)
                 .bind(row::millis(new.next_refresh_at))
                 .bind(now)
-                .bind(now);
+                .bind(now)
+                .bind(new.grant.grant_type.as_str())
+                .bind(grant_params(new)?);
         }
         let inserted = query.fetch_all(&mut *tx).await?;
         // Dropping the transaction rolls it back.
@@ -108,20 +112,30 @@ pub(super) async fn insert_many(
 }
 
 /// A multi-row insert of `rows` connections that skips (and so does not
-/// return the id of) a row hitting a unique constraint: 14 values a row.
+/// return the id of) a row hitting a unique constraint: 16 values a row.
 /// The parameters are anonymous (`?`): binding a numbered one (`?N`) makes
 /// SQLite look its name up in a list of every numbered parameter, which made
 /// a statement's binding quadratic in its size.
 fn insert_many_sql(rows: usize) -> String {
-    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, 0, 0, 1, ?, ?)";
+    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, 0, 0, 1, ?, ?, ?, ?)";
     let mut sql = String::from(
         "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
          scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
-         version, created_at, updated_at) VALUES ",
+         version, created_at, updated_at, grant_type, grant_params) VALUES ",
     );
     sql.push_str(&vec![ROW; rows].join(", "));
     sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
     sql
+}
+
+/// The `grant_params` column: JSON text, NULL when there are none.
+fn grant_params(new: &NewConnection) -> StoreResult<Option<String>> {
+    new.grant
+        .params
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("grant_params cannot be serialised: {e}")))
 }
 
 /// One connection.

@@ -7,19 +7,20 @@
 
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
+use thermos_core::grant::GrantType;
 use thermos_core::id::ConnectionId;
 use thermos_core::seal::Sealed;
 use thermos_core::status::ConnectionStatus;
 use time::OffsetDateTime;
 
-use crate::{AttemptRecord, ConnectionRecord, LastError, NewAttempt, StoreError, StoreResult};
+use crate::{AttemptRecord, ConnectionGrant, ConnectionRecord, LastError, NewAttempt, StoreError, StoreResult};
 
 /// The columns of `connections` that make a [`ConnectionRecord`]; every
 /// query that returns a record selects (or returns) exactly these.
 pub(super) const CONNECTION_COLUMNS: &str = "id, project, provider, external_id, access_token, refresh_token, \
      token_type, scope, issued_at, expires_at, metadata, status, next_refresh_at, last_refreshed_at, \
      refresh_count, consecutive_failures, last_error_code, last_error_message, last_error_http_status, \
-     last_error_at, version, lease_owner, lease_until, created_at, updated_at";
+     last_error_at, version, lease_owner, lease_until, created_at, updated_at, grant_type, grant_params";
 
 /// The columns of `refresh_attempts`.
 pub(super) const ATTEMPT_COLUMNS: &str =
@@ -92,6 +93,14 @@ pub(super) fn connection(row: &SqliteRow) -> StoreResult<ConnectionRecord> {
             })?,
         }),
     };
+    let grant_raw: String = row.try_get("grant_type")?;
+    let grant_type = GrantType::parse(&grant_raw)
+        .ok_or_else(|| StoreError::Corrupt(format!("connection {id}: unknown grant type {grant_raw:?}")))?;
+    let grant_params: Option<serde_json::Value> = row
+        .try_get::<Option<String>, _>("grant_params")?
+        .map(|raw| serde_json::from_str(&raw))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("connection {id}: grant_params is not JSON: {e}")))?;
     Ok(ConnectionRecord {
         project: row.try_get("project")?,
         provider: row.try_get("provider")?,
@@ -116,6 +125,10 @@ pub(super) fn connection(row: &SqliteRow) -> StoreResult<ConnectionRecord> {
         lease_until: opt_time_at(row, "lease_until")?,
         created_at: time_at(row, "created_at")?,
         updated_at: time_at(row, "updated_at")?,
+        grant: ConnectionGrant {
+            grant_type,
+            params: grant_params,
+        },
         id,
     })
 }

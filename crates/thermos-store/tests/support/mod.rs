@@ -250,6 +250,7 @@ pub fn connection(external_id: &str) -> NewConnection {
         expires_at: at(3600),
         metadata: serde_json::json!({ "team": "blue", "seats": 3 }),
         next_refresh_at: at(3300),
+        grant: Default::default(),
     }
 }
 

@@ -81,6 +81,7 @@ pub async fn create(
         expires_at,
         metadata,
         next_refresh_at: sealed.next_refresh_at,
+        grant: Default::default(),
     };
     let subject = events::Subject {
         id,

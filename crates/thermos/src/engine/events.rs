@@ -182,6 +182,7 @@ mod tests {
             lease_until: None,
             created_at: t,
             updated_at: t,
+            grant: Default::default(),
         }
     }
 
