@@ -645,6 +645,8 @@ async fn store_connection(
                     expires_at: tokens.expires_at,
                     metadata: serde_json::json!({}),
                     next_refresh_at: tokens.next_refresh_at,
+                    // The user's refresh token, the default grant.
+                    grant: Default::default(),
                 };
                 let subject = events::Subject {
                     id,
