@@ -296,7 +296,7 @@ async fn an_expired_session_is_refused() {
     assert_eq!(shown["status"], "expired");
     assert_eq!(shown["error"]["code"], "expired");
     assert!(app.provider.authorized_grants().is_empty(), "no code exchanged");
-    // Expired before it was opened; with redirect_after the outcome goes there.
+    // Expired before it was opened: the start URL refuses it.
     let session = create_session(&app, session_body("user-2")).await;
     app.clock().advance(Duration::from_secs(10 * 60 + 1));
     let start = open(&app, session["url"].as_str().unwrap()).await;
@@ -495,4 +495,65 @@ async fn no_token_code_state_or_verifier_reaches_a_page_a_session_or_an_event() 
     }
     assert!(!connection_id.is_empty());
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_with_a_machine_grant_is_not_reconnected_by_a_user() {
+    use thermos_core::grant::GrantType;
+    use thermos_core::id::ConnectionId;
+    use thermos_core::seal::Field;
+    use thermos_store::{ConnectionGrant, NewConnection};
+
+    let app = spawn(false).await;
+    let id = ConnectionId::generate();
+    let now = thermos::engine::truncate_ms(app.engine.now());
+    let sealed = app
+        .engine
+        .key()
+        .seal(&id, Field::AccessToken, &"at_machine".to_owned().into());
+    let machine = NewConnection {
+        id,
+        project: "p1".into(),
+        provider: PROVIDER.into(),
+        external_id: "service-1".into(),
+        access_token: sealed,
+        refresh_token: None,
+        token_type: "Bearer".into(),
+        scope: None,
+        issued_at: now,
+        expires_at: now + Duration::from_secs(3600),
+        metadata: json!({}),
+        next_refresh_at: now + Duration::from_secs(3300),
+        grant: ConnectionGrant {
+            grant_type: GrantType::ClientCredentials,
+            params: None,
+        },
+    };
+    app.engine
+        .store()
+        .insert_connection(machine, now, Vec::new())
+        .await
+        .unwrap();
+    let outcome = connect_expecting_failure(&app, "service-1").await;
+    assert_eq!(outcome["error"], "grant_type_mismatch");
+    let kept = app.connection(&id.to_string()).await;
+    assert_eq!(kept["status"], "active");
+    assert!(
+        events_of(&app, "connection.reconnected", &id.to_string())
+            .await
+            .is_empty()
+    );
+    app.stop().await;
+}
+
+/// The whole flow for a session expected to fail; the final redirect's query.
+async fn connect_expecting_failure(app: &TestApp, external_id: &str) -> HashMap<String, String> {
+    let session = create_session(app, session_body(external_id)).await;
+    let back = to_provider_and_back(app, &session).await;
+    let done = open(app, back.location()).await;
+    let outcome = done.query();
+    assert_eq!(outcome["status"], "failed", "{outcome:?}");
+    let shown = session_of(app, session["id"].as_str().unwrap()).await;
+    assert_eq!(shown["status"], "failed");
+    outcome
 }

@@ -176,8 +176,9 @@ pub(super) async fn connect_connection(
             let inserted = sqlx::query(&format!(
                 "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, \
                    token_type, scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, \
-                   consecutive_failures, version, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active', $12, 0, 0, 1, $13, $13) \
+                   consecutive_failures, version, created_at, updated_at, grant_type, grant_params) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active', $12, 0, 0, 1, $13, $13, \
+                   $14, $15) \
                  ON CONFLICT DO NOTHING RETURNING {CONNECTION_COLUMNS}"
             ))
             .bind(new.id.to_string())
@@ -193,6 +194,8 @@ pub(super) async fn connect_connection(
             .bind(&new.metadata)
             .bind(ms(new.next_refresh_at))
             .bind(at)
+            .bind(new.grant.grant_type.as_str())
+            .bind(&new.grant.params)
             .fetch_optional(&mut *tx)
             .await?;
             match inserted {

@@ -178,8 +178,9 @@ pub(super) async fn connect_connection(
             let inserted = sqlx::query(&format!(
                 "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, \
                    token_type, scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, \
-                   consecutive_failures, version, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13) \
+                   consecutive_failures, version, created_at, updated_at, grant_type, grant_params) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13, \
+                   ?14, ?15) \
                  ON CONFLICT DO NOTHING RETURNING {CONNECTION_COLUMNS}"
             ))
             .bind(new.id.to_string())
@@ -195,6 +196,15 @@ pub(super) async fn connect_connection(
             .bind(metadata)
             .bind(row::millis(new.next_refresh_at))
             .bind(at)
+            .bind(new.grant.grant_type.as_str())
+            .bind(
+                new.grant
+                    .params
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(format!("grant_params cannot be serialised: {e}")))?,
+            )
             .fetch_optional(&mut *tx)
             .await?;
             match inserted {

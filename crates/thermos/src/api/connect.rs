@@ -32,6 +32,7 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use thermos_core::grant::GrantType;
 use thermos_core::id::{ConnectionId, is_valid_slug};
 use thermos_core::oauth::{RefreshOutcome, TokenGrant};
 use thermos_core::plan::{self, Jitter};
@@ -602,6 +603,19 @@ async fn store_connection(
             .await
             .map_err(database)?;
         let (connect, event) = match &existing {
+            Some(record) if record.grant.grant_type != GrantType::RefreshToken => {
+                // Its tokens come from the app's own credentials (or a
+                // private key kept in the refresh token column): a user's
+                // tokens must not replace them.
+                return Err(Failure::new(
+                    "grant_type_mismatch",
+                    format!(
+                        "the connection for this external_id uses the {} grant; a user cannot reconnect it",
+                        record.grant.grant_type.as_str()
+                    ),
+                    StatusCode::CONFLICT,
+                ));
+            }
             Some(record) => {
                 let tokens = seal_grant(engine, record.id, grant, now);
                 let data = serde_json::json!({
