@@ -12,6 +12,10 @@
 //! - `GET /authorize` and the `authorization_code` grant at `POST /token`
 //!   — the authorization code flow with PKCE (S256), approving at once
 //!   without a user interface (see [`authorize`]);
+//! - the `client_credentials` grant and the JWT bearer grant (RFC 7523) at
+//!   `POST /token` — a machine token without a refresh token; assertions
+//!   are verified with keys registered by [`TestProvider::register_jwt_key`]
+//!   (see `grants.rs`);
 //! - `GET /resource` — a protected API: 200 for a live `Bearer` access token, else 401;
 //! - `GET /health` — 200;
 //! - only when started with [`TestProvider::try_start_with_admin`] (the
@@ -49,6 +53,7 @@
 pub mod authorize;
 mod book;
 pub mod fault;
+mod grants;
 mod server;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -287,6 +292,36 @@ impl TestProvider {
     /// revoked or unknown).
     pub fn current_refresh_token(&self, grant: &GrantId) -> Option<String> {
         self.shared.book().current_refresh_token(grant)
+    }
+
+    /// Registers a public key (SPKI PEM: RSA, EC or Ed25519) that verifies
+    /// JWT-bearer assertions whose header names `kid`. Panics if the PEM is
+    /// not a public key (a broken test).
+    pub fn register_jwt_key(&self, kid: &str, public_pem: &str) {
+        if let Err(e) = self.shared.machine.register_key(kid, public_pem) {
+            panic!("register JWT key {kid}: {e}");
+        }
+    }
+
+    /// `client_credentials` token requests that passed client authentication.
+    pub fn client_credentials_calls(&self) -> u64 {
+        self.shared.machine.client_credentials_calls()
+    }
+
+    /// JWT-bearer token requests that passed client authentication
+    /// (accepted or not).
+    pub fn jwt_bearer_calls(&self) -> u64 {
+        self.shared.machine.jwt_bearer_calls()
+    }
+
+    /// JWT-bearer assertions refused (`invalid_grant`).
+    pub fn assertions_refused(&self) -> u64 {
+        self.shared.machine.assertions_refused()
+    }
+
+    /// The claims of every accepted JWT-bearer assertion, oldest first.
+    pub fn accepted_assertions(&self) -> Vec<serde_json::Value> {
+        self.shared.machine.accepted_assertions()
     }
 
     /// Makes `GET /authorize` redirect back with `error` (e.g.

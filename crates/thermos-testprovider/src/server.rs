@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     pub max_in_flight: AtomicU32,
     /// Authorization codes (`GET /authorize`, see `authorize.rs`).
     pub authorizations: crate::authorize::Authorizations,
+    /// Machine grants: JWT keys, seen `jti`s, counters (see `grants.rs`).
+    pub machine: crate::grants::MachineGrants,
 }
 
 impl Shared {
@@ -62,6 +64,7 @@ impl Shared {
             in_flight: AtomicU32::new(0),
             max_in_flight: AtomicU32::new(0),
             authorizations: crate::authorize::Authorizations::default(),
+            machine: crate::grants::MachineGrants::default(),
         }
     }
 
@@ -252,11 +255,13 @@ fn refresh(shared: &Shared, headers: &HeaderMap, form: &HashMap<String, String>)
     match form.get("grant_type").map(String::as_str) {
         Some("refresh_token") => {}
         Some("authorization_code") => return crate::authorize::exchange(shared, form),
+        Some("client_credentials") => return crate::grants::client_credentials(shared, form),
+        Some(crate::grants::JWT_BEARER) => return crate::grants::jwt_bearer(shared, headers, form),
         Some(_) => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                "only refresh_token is supported",
+                "supported: refresh_token, authorization_code, client_credentials, jwt-bearer",
             );
         }
         None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is missing"),

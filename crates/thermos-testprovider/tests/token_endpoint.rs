@@ -262,7 +262,7 @@ async fn a_json_body_or_another_grant_type_is_refused() {
         .await
         .expect("an answer");
     assert_eq!(response.status().as_u16(), 400);
-    let body = form(&[("grant_type", "client_credentials")]);
+    let body = form(&[("grant_type", "password")]);
     let answer = post(&provider, Some(&basic(&provider)), body).await;
     assert_eq!(answer.field("error").as_deref(), Some("unsupported_grant_type"));
 }

@@ -166,6 +166,11 @@ async fn extra_params_are_sent_but_cannot_replace_the_grant() {
         .refresh(&app, &secret(&grant.refresh_token), &clock())
         .await;
     assert!(matches!(outcome, RefreshOutcome::Refreshed(_)), "{outcome:?}");
+    assert_eq!(
+        provider.client_credentials_calls(),
+        0,
+        "the refresh_token grant was sent"
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,9 @@
 //! `/v1/connections` handlers.
 
+mod grants;
+
+pub(crate) use grants::MAX_CLAIM_CHARS;
+
 use std::time::Duration;
 
 use axum::Json;
@@ -37,51 +41,63 @@ pub(crate) const MAX_EXPIRES_IN_SECS: i64 = 10 * 365 * 24 * 3600;
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateConnection>,
+    ApiJson(mut body): ApiJson<CreateConnection>,
 ) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
-    let (tokens, project, provider, external_id, metadata) = body.into_parts();
-    let project = caller.project_for(project.as_deref())?;
+    let project = caller.project_for(body.project.as_deref())?;
     let mut problems = Vec::new();
     if !is_valid_slug(&project) {
         problems.push(format!(
             "project: {project:?} is not a valid name (1-64 of a-z 0-9 - _ .)"
         ));
     }
-    let app = state.engine.provider(&provider);
+    let app = state.engine.provider(&body.provider);
     if app.is_none() {
-        problems.push(format!("provider: {provider:?} is not a configured provider"));
+        problems.push(format!("provider: {:?} is not a configured provider", body.provider));
     }
-    if external_id.trim().is_empty() || external_id.chars().count() > MAX_EXTERNAL_ID {
+    if body.external_id.trim().is_empty() || body.external_id.chars().count() > MAX_EXTERNAL_ID {
         problems.push(format!("external_id: must be 1-{MAX_EXTERNAL_ID} characters"));
     }
-    let metadata = metadata.unwrap_or_else(|| serde_json::json!({}));
+    let metadata = body.metadata.take().unwrap_or_else(|| serde_json::json!({}));
     if !metadata.is_object() {
         problems.push("metadata: must be a JSON object".to_owned());
     } else if metadata.to_string().len() > MAX_METADATA_BYTES {
         problems.push(format!("metadata: larger than {MAX_METADATA_BYTES} bytes"));
     }
+    let id = ConnectionId::generate();
+    let grant = grants::parse(&state.engine, id, &mut body, app.as_deref(), &mut problems);
+    let tokens = body.tokens();
     let default_ttl = app.map(|a| a.default_ttl).unwrap_or(crate::provider::DEFAULT_TTL);
     let now = truncate_ms(state.engine.now());
-    let lifetime = token_lifetime(&tokens, now, default_ttl, &mut problems);
-    let Some((issued_at, expires_at)) = lifetime.filter(|_| problems.is_empty()) else {
+    let sealed = match &tokens {
+        Some(tokens) => {
+            let lifetime = token_lifetime(tokens, now, default_ttl, &mut problems);
+            lifetime.map(|(issued_at, expires_at)| seal_tokens(&state.engine, id, tokens, issued_at, expires_at))
+        }
+        // A machine grant without a token: an expired placeholder, due now;
+        // the first token is issued below, before answering.
+        None => Some(grants::placeholder(&state.engine, id, body.scope.clone(), now)),
+    };
+    let (Some(sealed), Some(grant)) = (sealed, grant) else {
         return Err(ApiError::bad_request(problems.join("; ")));
     };
-    let id = ConnectionId::generate();
-    let sealed = seal_tokens(&state.engine, id, &tokens, issued_at, expires_at);
+    if !problems.is_empty() {
+        return Err(ApiError::bad_request(problems.join("; ")));
+    }
+    let issue_now = tokens.is_none();
     let new = NewConnection {
         id,
         project,
-        provider,
-        external_id,
+        provider: body.provider,
+        external_id: body.external_id,
         access_token: sealed.access_token,
-        refresh_token: sealed.refresh_token,
+        refresh_token: grant.private_key.or(sealed.refresh_token),
         token_type: sealed.token_type,
         scope: sealed.scope,
-        issued_at,
-        expires_at,
+        issued_at: sealed.issued_at,
+        expires_at: sealed.expires_at,
         metadata,
         next_refresh_at: sealed.next_refresh_at,
-        grant: Default::default(),
+        grant: grant.stored,
     };
     let subject = events::Subject {
         id,
@@ -108,8 +124,15 @@ pub async fn create(
         }
     };
     state.engine.events_committed();
-    tracing::info!(connection_id = %record.id, provider = %record.provider, "connection imported");
-    state.engine.wake();
+    tracing::info!(connection_id = %record.id, provider = %record.provider, grant_type = %record.grant.grant_type, "connection imported");
+    if !issue_now {
+        state.engine.wake();
+        return Ok((StatusCode::CREATED, Json(ConnectionView::from(&record))));
+    }
+    // The outcome is on the connection (status, last_error): a failed
+    // first issue leaves it created and retried like any failed refresh.
+    let _ = state.engine.refresh_now(id, Trigger::OnDemand).await;
+    let record = visible(&state, &caller, id).await?;
     Ok((StatusCode::CREATED, Json(ConnectionView::from(&record))))
 }
 
@@ -120,6 +143,12 @@ pub async fn replace_tokens(
     ApiJson(body): ApiJson<ReplaceTokens>,
 ) -> Result<Json<ConnectionView>, ApiError> {
     let record = visible(&state, &caller, id).await?;
+    if record.grant.grant_type.is_machine() {
+        return Err(ApiError::bad_request(format!(
+            "a {} connection's tokens are issued by Thermos, not replaced; reset it to issue a new one, or delete and create it again to change its credentials",
+            record.grant.grant_type
+        )));
+    }
     let tokens = TokenInput::from(body);
     let default_ttl = state
         .engine

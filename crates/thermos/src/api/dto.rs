@@ -15,7 +15,9 @@ pub struct CreateConnection {
     pub project: Option<String>,
     pub provider: String,
     pub external_id: String,
-    pub access_token: SecretString,
+    /// Required for the `refresh_token` grant; optional for the machine
+    /// grants, which Thermos issues itself when none is given.
+    pub access_token: Option<SecretString>,
     pub refresh_token: Option<SecretString>,
     pub expires_in: Option<i64>,
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -23,21 +25,42 @@ pub struct CreateConnection {
     pub scope: Option<String>,
     pub token_type: Option<String>,
     pub metadata: Option<serde_json::Value>,
+    /// `refresh_token` (default), `client_credentials` or `jwt_bearer`.
+    pub grant_type: Option<String>,
+    /// A `jwt_bearer` connection's PEM private key; write-only.
+    pub private_key: Option<SecretString>,
+    /// A `jwt_bearer` connection's assertion claims.
+    pub assertion_claims: Option<serde_json::Value>,
 }
 
 impl CreateConnection {
-    /// Splits off the token part.
-    pub fn into_parts(self) -> (TokenInput, Option<String>, String, String, Option<serde_json::Value>) {
-        let tokens = TokenInput {
-            access_token: self.access_token,
-            refresh_token: self.refresh_token,
+    /// Splits off the token part; `None` when no access token was given.
+    pub fn tokens(&mut self) -> Option<TokenInput> {
+        let access_token = self.access_token.take()?;
+        Some(TokenInput {
+            access_token,
+            refresh_token: self.refresh_token.take(),
             expires_in: self.expires_in,
             expires_at: self.expires_at,
-            scope: self.scope,
-            token_type: self.token_type,
-        };
-        (tokens, self.project, self.provider, self.external_id, self.metadata)
+            scope: self.scope.clone(),
+            token_type: self.token_type.clone(),
+        })
     }
+}
+
+/// The `assertion_claims` of a `jwt_bearer` connection, as handed in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionClaimsInput {
+    pub iss: String,
+    pub sub: String,
+    /// Default: the provider's token URL.
+    pub aud: Option<String>,
+    /// A `scope` claim in the assertion.
+    pub scope: Option<String>,
+    pub kid: Option<String>,
+    /// Default `RS256`.
+    pub alg: Option<String>,
 }
 
 /// `PUT /v1/connections/{id}/tokens`.
@@ -117,6 +140,8 @@ pub struct ConnectionView {
     pub provider: String,
     pub external_id: String,
     pub status: &'static str,
+    /// How the tokens are re-issued (never the private key).
+    pub grant_type: &'static str,
     pub scope: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
@@ -163,6 +188,7 @@ impl From<&ConnectionRecord> for ConnectionView {
             provider: r.provider.clone(),
             external_id: r.external_id.clone(),
             status: r.status.as_str(),
+            grant_type: r.grant.grant_type.as_str(),
             scope: r.scope.clone(),
             expires_at: r.expires_at,
             // While leased, the stored due time is the lease's end; show it anyway:

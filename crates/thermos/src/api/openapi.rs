@@ -284,6 +284,35 @@ fn schemas() -> Value {
             "metadata",
             json!({"type": ["object", "null"], "description": "a JSON object, at most 16 KiB"}),
         ),
+        (
+            "grant_type",
+            json!({"type": ["string", "null"], "enum": ["refresh_token", "client_credentials", "jwt_bearer", null],
+                "description": "how the tokens are re-issued (docs/grants.md); default refresh_token, which needs access_token. \
+                    client_credentials and jwt_bearer need no token: Thermos issues the first one before answering"}),
+        ),
+        (
+            "private_key",
+            json!({"type": ["string", "null"], "minLength": 1, "maxLength": crate::engine::grant::MAX_PRIVATE_KEY_BYTES, "writeOnly": true,
+                "description": "jwt_bearer only: the PEM private key that signs assertions (RSA, EC or Ed25519); sealed, never returned"}),
+        ),
+        (
+            "assertion_claims",
+            json!({"oneOf": [{
+                "type": "object", "additionalProperties": false,
+                "required": ["iss", "sub"],
+                "properties": {
+                    "iss": {"type": "string", "minLength": 1, "maxLength": super::connections::MAX_CLAIM_CHARS, "pattern": "\\S"},
+                    "sub": {"type": "string", "minLength": 1, "maxLength": super::connections::MAX_CLAIM_CHARS, "pattern": "\\S"},
+                    "aud": {"type": ["string", "null"], "minLength": 1, "maxLength": super::connections::MAX_CLAIM_CHARS, "pattern": "\\S",
+                        "description": "default: the provider's token URL"},
+                    "scope": {"type": ["string", "null"], "minLength": 1, "maxLength": super::connections::MAX_CLAIM_CHARS, "pattern": "\\S",
+                        "description": "a scope claim in the assertion"},
+                    "kid": {"type": ["string", "null"], "minLength": 1, "maxLength": super::connections::MAX_CLAIM_CHARS, "pattern": "\\S"},
+                    "alg": {"type": ["string", "null"], "enum": ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", null],
+                        "description": "default RS256"},
+                },
+            }, {"type": "null"}], "description": "jwt_bearer only: the assertion's claims"}),
+        ),
     ] {
         create[k] = v;
     }
@@ -296,7 +325,7 @@ fn schemas() -> Value {
         }))})),
         "CreateConnection": {
             "type": "object", "additionalProperties": false,
-            "required": ["provider", "external_id", "access_token"],
+            "required": ["provider", "external_id"],
             "properties": create,
         },
         "ReplaceTokens": {
@@ -316,7 +345,7 @@ fn schemas() -> Value {
             "at": date_time(),
         })),
         "Connection": object(
-            &["id", "project", "provider", "external_id", "status", "scope", "expires_at", "next_refresh_at",
+            &["id", "project", "provider", "external_id", "status", "grant_type", "scope", "expires_at", "next_refresh_at",
               "last_refreshed_at", "refresh_count", "consecutive_failures", "last_error", "metadata", "created_at", "updated_at"],
             json!({
                 "id": {"type": "string"},
@@ -324,6 +353,7 @@ fn schemas() -> Value {
                 "provider": {"type": "string"},
                 "external_id": {"type": "string"},
                 "status": {"type": "string", "description": "`active`, `failing`, `needs_reauth`, …"},
+                "grant_type": {"type": "string", "enum": ["refresh_token", "client_credentials", "jwt_bearer"]},
                 "scope": nullable("string"),
                 "expires_at": date_time(),
                 "next_refresh_at": nullable_date_time(),

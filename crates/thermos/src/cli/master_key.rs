@@ -307,7 +307,16 @@ pub async fn reencrypt(
             let mut batch = Vec::with_capacity(page.len());
             for value in page {
                 let (owner, field) = binding(&value);
-                match key.reseal_for(&owner, field, &value.sealed) {
+                let resealed = key
+                    .reseal_for(&owner, field, &value.sealed)
+                    .or_else(|e| match (field, &e) {
+                        // A JWT-bearer connection's private key is kept in the refresh token's column.
+                        (Field::RefreshToken, SealError::Tampered) => {
+                            key.reseal_for(&owner, Field::PrivateKey, &value.sealed).map_err(|_| e)
+                        }
+                        _ => Err(e),
+                    });
+                match resealed {
                     Ok(new) => batch.push(Reseal {
                         owner: value.owner,
                         column: value.column,

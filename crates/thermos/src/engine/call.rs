@@ -8,17 +8,19 @@
 //! first request, or grants a reuse grace window, this succeeds; if it did
 //! and rotates, the answer is `invalid_grant` and the caller marks the
 //! connection `needs_reauth` saying the response was lost — never a loop.
+//! (Machine grants retry the same way; a JWT-bearer retry signs a new
+//! assertion, see `grant.rs`.)
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use secrecy::SecretString;
 use thermos_core::oauth::{RefreshOutcome, TransientKind};
 use thermos_store::ConnectionRecord;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::gate::Priority;
+use super::grant::Credential;
 use super::guard::{Admit, AppGuard, PauseReason, TransitionKind};
 use super::{Inner, Trigger};
 use crate::metrics as m;
@@ -39,13 +41,13 @@ pub(super) enum Called {
     Paused { until: OffsetDateTime, reason: PauseReason },
 }
 
-/// Calls the token endpoint for `record` with `refresh_token`.
+/// Calls the token endpoint for `record` with `credential` (its grant).
 pub(super) async fn call(
     inner: &Arc<Inner>,
     app: &ProviderApp,
     guard: &Arc<AppGuard>,
     record: &ConnectionRecord,
-    refresh_token: &SecretString,
+    credential: &Credential,
     trigger: Trigger,
 ) -> Called {
     let probe = match guard.admit(inner.clock.now()) {
@@ -57,7 +59,7 @@ pub(super) async fn call(
         Trigger::Run => Priority::Background,
         Trigger::OnDemand | Trigger::Forced | Trigger::Reset => Priority::Urgent,
     };
-    let outcome = match attempt(inner, app, guard, refresh_token, priority, probe).await {
+    let outcome = match attempt(inner, app, guard, credential, priority, probe).await {
         Ok(outcome) => outcome,
         Err((until, reason)) => return Called::Paused { until, reason },
     };
@@ -90,7 +92,7 @@ pub(super) async fn call(
     // The retry goes even if the app was paused meanwhile (it is sent as a
     // probe): a pending rotation must be settled while the previous refresh
     // token may still work.
-    let retry = match attempt(inner, app, guard, refresh_token, priority, true).await {
+    let retry = match attempt(inner, app, guard, credential, priority, true).await {
         Ok(outcome) => outcome,
         Err(_) => unreachable!("a probe is never paused"),
     };
@@ -105,7 +107,7 @@ async fn attempt(
     inner: &Arc<Inner>,
     app: &ProviderApp,
     guard: &Arc<AppGuard>,
-    refresh_token: &SecretString,
+    credential: &Credential,
     priority: Priority,
     probe: bool,
 ) -> Result<RefreshOutcome, (OffsetDateTime, PauseReason)> {
@@ -114,7 +116,7 @@ async fn attempt(
     if !probe && let Some(paused) = guard.paused(inner.clock.now()) {
         return Err(paused);
     }
-    let outcome = inner.client.refresh(app, refresh_token, inner.clock.as_ref()).await;
+    let outcome = credential.send(&inner.client, app, inner.clock.as_ref()).await;
     let recorded = guard.record(inner.clock.now(), &outcome, probe);
     if matches!(outcome, RefreshOutcome::RateLimited { .. }) {
         metrics::counter!(m::RATE_LIMITED_TOTAL, m::LABEL_PROVIDER => app.slug.clone()).increment(1);

@@ -16,6 +16,7 @@ pub mod events;
 mod flight;
 mod forced;
 pub mod gate;
+pub mod grant;
 pub mod guard;
 pub mod instances;
 mod refresh;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use secrecy::SecretString;
+use thermos_core::grant::GrantType;
 use thermos_core::oauth::{RefreshOutcome, TokenGrant};
 use thermos_core::plan::{self, Jitter};
 use thermos_core::seal::Field;
@@ -26,10 +27,12 @@ use tracing::{Instrument as _, info, warn};
 use super::call::{self, Called};
 use super::events;
 use super::flight::{Flight, FlightResult, RefreshFailure};
+use super::grant::{AssertionClaims, ClientCredentialsParams, Credential, SigningKey};
 use super::guard::{AppGuard, PauseReason};
 use super::token::FreshToken;
 use super::{Engine, Inner, Trigger};
 use crate::metrics as m;
+use crate::provider::ProviderApp;
 
 /// Claims `id`'s lease (waiting for a global permit first), then refreshes,
 /// unless the caller read version `seen` and an active row has moved past it.
@@ -147,26 +150,13 @@ async fn attempt(
         );
         return fail(inner, &record, trigger, started_at, started, failure).await;
     };
-    let Some(sealed_refresh) = &record.refresh_token else {
-        let failure = Failure::permanent(
-            "no_refresh_token",
-            "the connection has no refresh token; the user must reconnect",
-        );
-        return fail(inner, &record, trigger, started_at, started, failure).await;
-    };
-    let refresh_token = match inner.key.open(&record.id, Field::RefreshToken, sealed_refresh) {
-        Ok(token) => token,
-        Err(e) => {
-            let failure = Failure::local(
-                "unreadable_token",
-                format!("stored refresh token cannot be opened: {e}"),
-            );
-            return fail(inner, &record, trigger, started_at, started, failure).await;
-        }
+    let credential = match credential(inner, &record, &app) {
+        Ok(credential) => credential,
+        Err(failure) => return fail(inner, &record, trigger, started_at, started, failure).await,
     };
 
     let guard = inner.guards.for_app(&app);
-    let (outcome, probe, after_lost) = match call::call(inner, &app, &guard, &record, &refresh_token, trigger).await {
+    let (outcome, probe, after_lost) = match call::call(inner, &app, &guard, &record, &credential, trigger).await {
         Called::Answered {
             outcome,
             probe,
@@ -179,6 +169,19 @@ async fn attempt(
     };
     match outcome {
         RefreshOutcome::Refreshed(grant) => commit(inner, &record, trigger, started_at, started, grant).await,
+        // A machine grant rotates nothing, so no other refresh can have
+        // raced this one into it. For a JWT-bearer connection the provider
+        // refuses the assertion (its key, issuer or subject): nothing
+        // changes until an operator does, so it waits for them as a dead
+        // user grant does. For client_credentials the "grant" is the app's
+        // own credentials and scope, shared by every connection of the app:
+        // a transient failure, retried with backoff and then recovery, so
+        // the connection comes back by itself once the app is fixed.
+        RefreshOutcome::InvalidGrant(_) if record.grant.grant_type.is_machine() => {
+            let permanent = record.grant.grant_type == GrantType::JwtBearer;
+            let failure = Failure::from_outcome(&outcome, permanent);
+            fail(inner, &record, trigger, started_at, started, failure).await
+        }
         RefreshOutcome::InvalidGrant(_) if lost_race(inner, &record).await => {
             inner.stats.superseded();
             observe(&record, m::outcome::SUPERSEDED, "invalid_grant", Some(started));
@@ -232,6 +235,70 @@ async fn attempt(
             fail(inner, &record, trigger, started_at, started, failure).await
         }
     }
+}
+
+/// Opens and parses what this connection's grant sends: its refresh token,
+/// the scope of a `client_credentials` connection, or a JWT-bearer
+/// connection's private key and claims. A value that is missing is
+/// permanent (only a reconnect or a new import brings one); one that does
+/// not open is local (the master key may come back).
+fn credential(inner: &Inner, record: &ConnectionRecord, app: &ProviderApp) -> Result<Credential, Failure> {
+    match record.grant.grant_type {
+        GrantType::RefreshToken => {
+            let Some(sealed) = &record.refresh_token else {
+                return Err(Failure::permanent(
+                    "no_refresh_token",
+                    "the connection has no refresh token; the user must reconnect",
+                ));
+            };
+            inner
+                .key
+                .open(&record.id, Field::RefreshToken, sealed)
+                .map(Credential::RefreshToken)
+                .map_err(|e| {
+                    Failure::local(
+                        "unreadable_token",
+                        format!("stored refresh token cannot be opened: {e}"),
+                    )
+                })
+        }
+        GrantType::ClientCredentials => {
+            let params: ClientCredentialsParams = grant_params(record)?;
+            Ok(Credential::ClientCredentials { scope: params.scope })
+        }
+        GrantType::JwtBearer => {
+            let mut claims: AssertionClaims = grant_params(record)?;
+            if claims.aud.is_empty() {
+                claims.aud = app.token_url.to_string();
+            }
+            let Some(sealed) = &record.refresh_token else {
+                return Err(Failure::permanent(
+                    "no_private_key",
+                    "the JWT-bearer connection has no private key; import it again",
+                ));
+            };
+            let pem = inner.key.open(&record.id, Field::PrivateKey, sealed).map_err(|e| {
+                Failure::local(
+                    "unreadable_private_key",
+                    format!("stored private key cannot be opened: {e}"),
+                )
+            })?;
+            let key = SigningKey::parse(&pem, &claims.alg)
+                .map_err(|e| Failure::permanent("invalid_private_key", &format!("stored private key: {e}")))?;
+            Ok(Credential::JwtBearer { key, claims })
+        }
+    }
+}
+
+/// A connection's `grant_params` as `T` (absent: `T`'s parse of `{}`).
+fn grant_params<T: serde::de::DeserializeOwned>(record: &ConnectionRecord) -> Result<T, Failure> {
+    let raw = record.grant.params.clone().unwrap_or_else(|| serde_json::json!({}));
+    serde_json::from_value(raw).map_err(|e| {
+        Failure::permanent(
+            "invalid_grant_params",
+            &format!("stored {} parameters cannot be read: {e}", record.grant.grant_type),
+        )
+    })
 }
 
 /// The error code of a grant found dead after a lost response.
@@ -314,9 +381,12 @@ async fn commit(
     }
     let update = TokenUpdate {
         access_token: inner.key.seal(&record.id, Field::AccessToken, &grant.access_token),
+        // A machine grant keeps no refresh token (its column holds a
+        // JWT-bearer connection's private key, which must stay).
         refresh_token: grant
             .refresh_token
             .as_ref()
+            .filter(|_| !record.grant.grant_type.is_machine())
             .map(|rt| inner.key.seal(&record.id, Field::RefreshToken, rt)),
         token_type: grant.token_type.clone(),
         scope: grant.scope.clone(),

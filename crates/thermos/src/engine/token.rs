@@ -129,7 +129,7 @@ impl Engine {
                 count_report(need, &record, outcome);
                 return self.current(&record);
             }
-            if record.refresh_token.is_none() {
+            if record.grant.grant_type.needs_refresh_token() && record.refresh_token.is_none() {
                 return self.current_or(&record, now, || TokenError::NeedsReauth {
                     code: "no_refresh_token".into(),
                     message: "the token expired and there is no refresh token".into(),

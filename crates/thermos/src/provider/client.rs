@@ -1,5 +1,6 @@
-//! The refresh client: one `refresh_token` grant request (RFC 6749 §6) to a
-//! provider app's token endpoint, turned into a
+//! The refresh client: one grant request to a provider app's token endpoint
+//! (`refresh_token`, RFC 6749 §6; `authorization_code`; `client_credentials`,
+//! RFC 6749 §4.4; the JWT bearer grant, RFC 7523), turned into a
 //! [`RefreshOutcome`](thermos_core::oauth::RefreshOutcome).
 //!
 //! It owns the wire details — client authentication (Basic credentials are
@@ -111,6 +112,45 @@ impl RefreshClient {
             ("redirect_uri", redirect_uri),
             ("code_verifier", code_verifier.expose_secret()),
         ];
+        let outcome = self.exchange(app, &grant, &secrets, clock).await;
+        scrub(outcome, &secrets)
+    }
+
+    /// Sends one `client_credentials` grant (RFC 6749 §4.4) for `app`, with
+    /// `scope` when given, and the same client authentication, limits and
+    /// classification as [`RefreshClient::refresh`]. A machine token comes
+    /// back without a refresh token.
+    pub async fn client_credentials(
+        &self,
+        app: &ProviderApp,
+        scope: Option<&str>,
+        clock: &dyn Clock,
+    ) -> RefreshOutcome {
+        let secrets = secret_forms(app, &[]);
+        let mut grant = vec![("grant_type", "client_credentials")];
+        grant.extend(scope.map(|scope| ("scope", scope)));
+        let outcome = self.exchange(app, &grant, &secrets, clock).await;
+        scrub(outcome, &secrets)
+    }
+
+    /// Sends one JWT bearer grant (RFC 7523 §2.1) with a signed `assertion`
+    /// for `app`, with `scope` when given. Client authentication follows
+    /// the app's `auth_method` as for every grant (with `none`, only the
+    /// `client_id` is sent beside the assertion). The assertion is
+    /// scrubbed from every text of the outcome.
+    pub async fn jwt_bearer(
+        &self,
+        app: &ProviderApp,
+        assertion: &SecretString,
+        scope: Option<&str>,
+        clock: &dyn Clock,
+    ) -> RefreshOutcome {
+        let secrets = secret_forms(app, &[assertion]);
+        let mut grant = vec![
+            ("grant_type", thermos_core::grant::JWT_BEARER_URN),
+            ("assertion", assertion.expose_secret()),
+        ];
+        grant.extend(scope.map(|scope| ("scope", scope)));
         let outcome = self.exchange(app, &grant, &secrets, clock).await;
         scrub(outcome, &secrets)
     }
