@@ -214,6 +214,42 @@ async fn the_full_flow_creates_an_active_connection_whose_tokens_are_served_and_
     let created = events_of(&app, "connection.created", &connection_id).await;
     assert_eq!(created.len(), 1);
     assert_eq!(created[0]["data"]["session_id"], id);
+
+    // The audit log holds the session's creation by the key, and the
+    // connection's creation through the session.
+    let audit = app
+        .engine
+        .store()
+        .list_audit(thermos_store::audit::AuditFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let actions: Vec<_> = audit
+        .iter()
+        .rev()
+        .filter(|r| r.entry.action != "token.read" && r.entry.action != "token.refresh")
+        .map(|r| {
+            (
+                r.entry.actor.as_str(),
+                r.entry.action.as_str(),
+                r.entry.target.as_deref(),
+            )
+        })
+        .collect();
+    let through_session = format!("connect:{id}");
+    assert_eq!(
+        actions,
+        [
+            ("admin", "connect_session.create", Some(id)),
+            (
+                through_session.as_str(),
+                "connection.create",
+                Some(connection_id.as_str())
+            ),
+        ]
+    );
     app.stop().await;
 }
 

@@ -153,7 +153,8 @@ pub fn required_scope(method: &Method, route: &str) -> Scope {
             | "/providers"
             | "/runs"
             | "/runs/{id}"
-            | "/apps",
+            | "/apps"
+            | "/connect/sessions/{id}",
         ) => Scope::Read,
         _ => Scope::Admin,
     }

@@ -69,6 +69,7 @@ pub fn audited(method: &Method, route: &str) -> Option<Audited> {
         ("POST", "/apps") => create("app.create", "provider"),
         ("DELETE", "/apps/{provider}") => change("app.delete"),
         ("POST", "/keys") => create("key.create", "key_id"),
+        ("POST", "/connect/sessions") => create("connect_session.create", "id"),
         ("DELETE", "/keys/{key_id}") => change("key.revoke"),
         (method, route) => change(&format!("{method} {route}")),
     }

@@ -126,6 +126,28 @@ pub async fn callback(State(state): State<AppState>, RawQuery(query): RawQuery) 
 async fn complete(state: AppState, session: ConnectSessionRecord, callback: Callback) -> Response {
     let result = connect(&state, &session, callback).await;
     let now = truncate_ms(state.engine.now());
+    let (action, target, status) = match &result {
+        Ok((record, false)) => ("connection.create", record.id.to_string(), StatusCode::OK),
+        Ok((record, true)) => ("connection.reconnect", record.id.to_string(), StatusCode::OK),
+        Err(failure) => ("connect_session.fail", session.id.clone(), failure.status),
+    };
+    // No API key acts here: the end user's browser does, through the session
+    // (whose creation the audit log holds with the key that made it).
+    let recorded = state
+        .audit
+        .change(crate::audit::Occurrence {
+            actor: format!("connect:{}", session.id),
+            actor_project: Some(session.project.clone()),
+            action: action.to_owned(),
+            target: Some(target),
+            client: None,
+            request_id: None,
+            status: status.as_u16(),
+        })
+        .await;
+    if !recorded {
+        tracing::error!(session_id = %session.id, "the connect session's audit entry could not be written");
+    }
     match result {
         Ok((record, reconnected)) => {
             state.engine.wake();
