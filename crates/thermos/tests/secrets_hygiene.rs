@@ -465,6 +465,59 @@ async fn no_secret_appears_in_logs_answers_metrics_events_or_webhook_deliveries(
     assert_eq!(status, 201, "{body}");
     let unknown_id = body["id"].as_str().unwrap().to_owned();
 
+    // A JWT-bearer connection: its private key (every line of it) is a
+    // secret, as is a broken key refused at import.
+    const JWT_KEY: &str = include_str!("fixtures/jwt/ec_private.pem");
+    primary.register_jwt_key("key-1", include_str!("fixtures/jwt/ec_public.pem"));
+    let broken_key = JWT_KEY.replace('A', "B").replacen("MI", "XX", 1);
+    for (label, key) in [("private key", JWT_KEY), ("broken private key", broken_key.as_str())] {
+        extra_secrets.extend(
+            key.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(|l| (label.to_owned(), l.to_owned())),
+        );
+    }
+    let jwt = |external_id: &str, key: &str| {
+        json!({"project": "p1", "provider": "primary", "external_id": external_id, "grant_type": "jwt_bearer",
+            "private_key": key, "assertion_claims": {"iss": "svc", "sub": "user", "kid": "key-1", "alg": "ES256"}})
+        .to_string()
+    };
+    let (status, body) = client
+        .call(
+            c,
+            Method::POST,
+            "/v1/connections",
+            Some(ADMIN_KEY),
+            Some(jwt("jwt-bad", &broken_key)),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = client
+        .call(
+            c,
+            Method::POST,
+            "/v1/connections",
+            Some(ADMIN_KEY),
+            Some(jwt("jwt-user", JWT_KEY)),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "active", "{body}");
+    let jwt_id = body["id"].as_str().unwrap().to_owned();
+    client
+        .call(
+            c,
+            Method::GET,
+            &format!("/v1/connections/{jwt_id}"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    let (status, _) = client
+        .call_allowed(c, Method::POST, &format!("/v1/connections/{jwt_id}/refresh"), None)
+        .await;
+    assert_eq!(status, 200);
+
     // The same import again (409), into an unknown provider (400), with
     // tokens in JSON that is broken or of the wrong shape (400).
     let again = import_body(
