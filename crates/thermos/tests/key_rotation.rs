@@ -239,10 +239,24 @@ async fn rotating_the_master_key_reencrypts_everything_while_tokens_are_served_a
         .await;
     assert_eq!(status, 201, "{hook}");
     let hook_id = hook["id"].as_str().unwrap().to_owned();
+    // A JWT-bearer connection: its private key is sealed where a refresh token would be.
+    app.provider
+        .register_jwt_key("key-1", include_str!("fixtures/jwt/ec_public.pem"));
+    let (status, jwt) = app
+        .post(
+            "/v1/connections",
+            json!({"project": "p1", "provider": PROVIDER, "external_id": "svc", "grant_type": "jwt_bearer",
+                "private_key": include_str!("fixtures/jwt/ec_private.pem"),
+                "assertion_claims": {"iss": "svc", "sub": "user", "kid": "key-1", "alg": "ES256"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{jwt}");
+    let jwt_id = jwt["id"].as_str().unwrap().to_owned();
     let old = app.old.id;
     assert_eq!(app.engine.key().primary_id(), old);
-    // 24 connections (two tokens each), one app secret, one webhook secret.
-    assert_eq!(count_under(app.store().as_ref(), old).await, 24 * 2 + 2);
+    // 25 connections (two sealed values each: tokens, or a token and a
+    // private key), one app secret, one webhook secret.
+    assert_eq!(count_under(app.store().as_ref(), old).await, 25 * 2 + 2);
 
     let stop = Arc::new(AtomicBool::new(false));
     // ids[0] is left alone: it is refreshed once after the rotation.
@@ -300,7 +314,11 @@ async fn rotating_the_master_key_reencrypts_everything_while_tokens_are_served_a
     let counts = app.store().count_sealed_by_key_id().await.unwrap();
     assert_eq!(counts.len(), 1, "{counts:?}");
     assert_eq!(counts[0].key_id, Some(new));
-    assert_eq!(counts[0].count, 24 * 2 + 2);
+    assert_eq!(counts[0].count, 25 * 2 + 2);
+    // The re-encrypted private key still signs: a forced re-issue is accepted.
+    let (status, body) = app.post(&format!("/v1/connections/{jwt_id}/refresh"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.provider.accepted_assertions().len(), 2);
 
     // Every token still opens and is served; the app and webhook secrets open.
     for id in &ids {
@@ -341,7 +359,7 @@ async fn rotating_the_master_key_reencrypts_everything_while_tokens_are_served_a
     assert!(ok, "{stderr}");
     let rows: Vec<Vec<&str>> = stdout.lines().map(|l| l.split_whitespace().collect()).collect();
     let (new_text, old_text) = (new.to_string(), old.to_string());
-    assert!(rows.contains(&vec![new_text.as_str(), "primary", "50"]), "{stdout}");
+    assert!(rows.contains(&vec![new_text.as_str(), "primary", "52"]), "{stdout}");
     assert!(rows.contains(&vec![old_text.as_str(), "readable", "0"]), "{stdout}");
     let (ok, _, stderr) = app.thermos(&["keys", "retire-master", &new.to_string()]);
     assert!(!ok && stderr.contains("is the primary"), "{stderr}");
