@@ -77,7 +77,7 @@ fn route_table() -> Vec<(Method, &'static str, Scope)> {
         (Method::POST, "/v1/keys", Admin),
         (Method::DELETE, "/v1/keys/{key_id}", Admin),
         (Method::POST, "/v1/connect/sessions", Admin),
-        (Method::GET, "/v1/connect/sessions/{id}", Admin),
+        (Method::GET, "/v1/connect/sessions/{id}", Read),
         (Method::DELETE, "/v1/connections/{id}", Admin),
     ]
 }
@@ -140,7 +140,7 @@ async fn each_scope_allows_exactly_its_routes_and_is_refused_with_1606_elsewhere
     }
     assert_eq!(
         allowed,
-        10 * 3 + 2 + 16,
+        11 * 3 + 2 + 15,
         "read routes to all, token routes to one, admin routes to one"
     );
     // The admin key holds every scope.
