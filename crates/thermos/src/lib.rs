@@ -8,6 +8,7 @@ pub mod api;
 pub mod api_key;
 pub mod app;
 pub mod audit;
+pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -94,6 +94,9 @@ pub struct Config {
     pub refresh: RefreshConfig,
     /// `[[provider]]`, in file order; slugs are unique.
     pub providers: Vec<ProviderApp>,
+    /// `[[provider]]`s whose endpoints come from discovery (`catalogue = "oidc"`),
+    /// waiting for [`crate::catalogue::resolve_discovery`]; empty once resolved.
+    pub pending_discovery: Vec<crate::catalogue::PendingDiscovery>,
     /// `[alerts]`, when the section is present.
     pub alerts: Option<AlertsConfig>,
     /// `[outbox]`.
@@ -511,6 +514,7 @@ impl Default for Config {
                 failure_threshold: DEFAULT_FAILURE_THRESHOLD,
             },
             providers: Vec::new(),
+            pending_discovery: Vec::new(),
             alerts: None,
             outbox: OutboxConfig::default(),
             engine: EngineConfig { enabled: true },
@@ -548,6 +552,7 @@ impl fmt::Debug for Config {
             .field("security", &self.security)
             .field("refresh", &self.refresh)
             .field("providers", &self.providers)
+            .field("pending_discovery", &self.pending_discovery)
             .field("alerts", &self.alerts)
             .field("outbox", &self.outbox)
             .field("engine", &self.engine)

@@ -116,6 +116,9 @@ pub(super) struct RawRefresh {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProvider {
     pub slug: Option<String>,
+    pub catalogue: Option<String>,
+    pub catalogue_params: Option<BTreeMap<String, Scalar>>,
+    pub issuer: Option<String>,
     pub token_url: Option<String>,
     pub client_id: Option<Scalar>,
     pub client_secret: Option<String>,

@@ -109,7 +109,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
     };
 
     let refresh = c.refresh(&raw.refresh);
-    let providers = c.providers(raw.provider, lookup);
+    let (providers, pending_discovery) = c.providers(raw.provider, lookup);
     let alerts = raw.alerts.and_then(|a| c.alerts(a));
     let outbox = c.outbox(&raw.outbox);
     let engine = EngineConfig {
@@ -129,6 +129,7 @@ pub(super) fn build(raw: RawConfig, lookup: &dyn Fn(&str) -> Option<String>) -> 
         security,
         refresh,
         providers,
+        pending_discovery,
         alerts,
         outbox,
         engine,

@@ -1,5 +1,9 @@
 //! The `[[provider]]` rules: slugs unique and valid, token endpoints on
 //! https (http only on loopback), exactly one way to get the client secret.
+//! A provider naming a catalogue entry (`catalogue = "google"`) takes the
+//! entry's endpoints, auth method, scopes, token parameters and default
+//! lifetime for every key it does not set itself; `catalogue = "oidc"`
+//! leaves its endpoints to discovery (`catalogue::discovery`).
 //!
 //! A `client_secret_env` variable is read here, once, through the injected
 //! `lookup`; its value goes straight into a [`SecretString`].
@@ -12,8 +16,30 @@ use thermos_core::oauth::AuthMethod;
 use url::{Host, Url};
 
 use super::{Checker, shown_text, shown_url};
+use crate::catalogue::{self, Entry, PendingDiscovery};
 use crate::config::raw::RawProvider;
 use crate::provider::{DEFAULT_TTL, ProviderApp};
+
+/// One checked `[[provider]]`.
+enum Built {
+    /// Complete.
+    App(ProviderApp),
+    /// Its endpoints come from discovery.
+    Pending(PendingDiscovery),
+}
+
+/// What a catalogue entry fills in for one provider.
+#[derive(Default)]
+struct Defaults {
+    /// The named entry, when it exists.
+    entry: Option<&'static Entry>,
+    /// The entry's token endpoint, placeholders filled (the issuer for discovery).
+    token_url: Option<Url>,
+    /// The entry's authorization endpoint with its parameters.
+    authorization_url: Option<Url>,
+    /// The configured issuer, for discovery entries.
+    issuer: Option<String>,
+}
 
 /// Form parameters Thermos sets itself, refused in `extra_params`.
 const RESERVED_PARAMS: &[&str] = &["grant_type", "refresh_token", "client_id", "client_secret"];
@@ -52,13 +78,16 @@ impl Checker {
         }
     }
 
+    /// Every `[[provider]]`: the complete ones, and those whose endpoints
+    /// wait for discovery (`catalogue = "oidc"`).
     pub(super) fn providers(
         &mut self,
         raw: Vec<RawProvider>,
         lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Vec<ProviderApp> {
+    ) -> (Vec<ProviderApp>, Vec<PendingDiscovery>) {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut apps = Vec::with_capacity(raw.len());
+        let mut pending = Vec::new();
         for (index, p) in raw.into_iter().enumerate() {
             let at = format!("provider[{index}]");
             if let Some(slug) = &p.slug {
@@ -71,14 +100,111 @@ impl Checker {
                     seen.insert(slug.clone(), index);
                 }
             }
-            if let Some(app) = self.provider(&at, p, lookup) {
-                apps.push(app);
+            let position = apps.len() + pending.len();
+            match self.provider(&at, position, p, lookup) {
+                Some(Built::App(app)) => apps.push(app),
+                Some(Built::Pending(discovery)) => pending.push(discovery),
+                None => {}
             }
         }
-        apps
+        (apps, pending)
     }
 
-    fn provider(&mut self, at: &str, p: RawProvider, lookup: &dyn Fn(&str) -> Option<String>) -> Option<ProviderApp> {
+    /// What the provider's catalogue entry fills in: `catalogue`,
+    /// `catalogue_params` and `issuer` checked, placeholders filled.
+    fn catalogue_defaults(&mut self, at: &str, p: &RawProvider) -> Defaults {
+        let mut defaults = Defaults::default();
+        let Some(name) = p.catalogue.as_deref() else {
+            if p.catalogue_params.is_some() {
+                self.problem(
+                    format!("{at}.catalogue_params"),
+                    "only with catalogue = \"…\" (thermos providers list)",
+                );
+            }
+            if p.issuer.is_some() {
+                self.problem(format!("{at}.issuer"), "only with catalogue = \"oidc\"");
+            }
+            return defaults;
+        };
+        let Some(entry) = catalogue::entry(name) else {
+            self.problem(
+                format!("{at}.catalogue"),
+                format!(
+                    "unknown catalogue entry {name:?} (expected one of: {})",
+                    catalogue::slugs().join(", ")
+                ),
+            );
+            return defaults;
+        };
+        defaults.entry = Some(entry);
+        let mut given = BTreeMap::new();
+        for (param, value) in p.catalogue_params.iter().flatten() {
+            let value = value.to_text();
+            match entry.check_param(param, &value) {
+                Ok(()) => {
+                    given.insert(param.clone(), value);
+                }
+                Err(message) => self.problem(format!("{at}.catalogue_params.{param}"), message),
+            }
+        }
+        if entry.discovery {
+            match p.issuer.as_deref() {
+                None => self.problem(
+                    format!("{at}.issuer"),
+                    format!(
+                        "required with catalogue = {:?}: the authorization server's issuer URL, \
+                         whose metadata gives the endpoints",
+                        entry.slug
+                    ),
+                ),
+                Some(text) => {
+                    let key = format!("{at}.issuer");
+                    if let Some(url) = self.endpoint_url(&key, text) {
+                        if url.query().is_some() || url.fragment().is_some() {
+                            self.problem(
+                                key,
+                                format!("an issuer has no query or fragment (got {})", shown_url(&url)),
+                            );
+                        } else {
+                            defaults.issuer = Some(text.trim().to_owned());
+                            defaults.token_url = Some(url);
+                        }
+                    }
+                }
+            }
+            return defaults;
+        }
+        if p.issuer.is_some() {
+            self.problem(format!("{at}.issuer"), "only with catalogue = \"oidc\"");
+        }
+        for (param, spec) in &entry.params {
+            if spec.default.is_none() && !given.contains_key(param) {
+                self.problem(
+                    format!("{at}.catalogue_params.{param}"),
+                    format!("required by catalogue entry {:?}: {}", entry.slug, spec.description),
+                );
+                return defaults;
+            }
+        }
+        match entry.endpoints(&given) {
+            Ok(endpoints) => {
+                defaults.token_url = Some(endpoints.token_url);
+                defaults.authorization_url = Some(endpoints.authorization_url);
+            }
+            Err(error) => self.problem(format!("{at}.catalogue"), error.to_string()),
+        }
+        defaults
+    }
+
+    fn provider(
+        &mut self,
+        at: &str,
+        position: usize,
+        p: RawProvider,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<Built> {
+        let defaults = self.catalogue_defaults(at, &p);
+        let entry = defaults.entry;
         let slug = match p.slug {
             None => {
                 self.problem(format!("{at}.slug"), "required");
@@ -93,16 +219,24 @@ impl Checker {
             }
             Some(slug) => Some(slug),
         };
+        let token_url_given = p.token_url.is_some();
         let token_url = match p.token_url {
+            Some(text) => self.endpoint_url(&format!("{at}.token_url"), &text),
+            None if defaults.token_url.is_some() => defaults.token_url,
+            None if entry.is_some() => None,
             None => {
-                self.problem(format!("{at}.token_url"), "required");
+                self.problem(
+                    format!("{at}.token_url"),
+                    "required (or catalogue = \"…\" naming a built-in provider: thermos providers list)",
+                );
                 None
             }
-            Some(text) => self.endpoint_url(&format!("{at}.token_url"), &text),
         };
-        let authorization_url = p
-            .authorization_url
-            .and_then(|text| self.endpoint_url(&format!("{at}.authorization_url"), &text));
+        let authorization_url_given = p.authorization_url.is_some();
+        let authorization_url = match p.authorization_url {
+            Some(text) => self.endpoint_url(&format!("{at}.authorization_url"), &text),
+            None => defaults.authorization_url,
+        };
         let client_id = match p.client_id.map(|id| id.to_text()) {
             Some(id) if !id.trim().is_empty() => Some(id),
             Some(_) => {
@@ -114,18 +248,20 @@ impl Checker {
                 None
             }
         };
+        let auth_method_given = p.auth_method.is_some();
+        let default_method = entry.map_or_else(AuthMethod::default, |e| e.auth_method);
         let auth_method = match p.auth_method.as_deref() {
-            None => AuthMethod::default(),
+            None => default_method,
             Some(name) => AuthMethod::parse(name).unwrap_or_else(|| {
                 self.problem(
                     format!("{at}.auth_method"),
                     format!("unknown auth method {name:?} (expected client_secret_basic, client_secret_post or none)"),
                 );
-                AuthMethod::default()
+                default_method
             }),
         };
         let client_secret = self.client_secret(at, auth_method, p.client_secret, p.client_secret_env, lookup);
-        let scopes = p.scopes.unwrap_or_default();
+        let scopes = p.scopes.or_else(|| entry.map(|e| e.scopes.clone())).unwrap_or_default();
         for (i, scope) in scopes.iter().enumerate() {
             if scope.is_empty() || scope.contains(char::is_whitespace) {
                 self.problem(
@@ -134,7 +270,7 @@ impl Checker {
                 );
             }
         }
-        let mut extra_params = BTreeMap::new();
+        let mut extra_params = entry.map(|e| e.token_params.clone()).unwrap_or_default();
         for (name, value) in p.extra_params.unwrap_or_default() {
             if RESERVED_PARAMS.contains(&name.as_str()) {
                 self.problem(
@@ -144,7 +280,8 @@ impl Checker {
             }
             extra_params.insert(name, value.to_text());
         }
-        let default_ttl = self.duration(&format!("{at}.default_ttl"), p.default_ttl.as_ref(), DEFAULT_TTL);
+        let ttl = entry.map_or(DEFAULT_TTL, |e| e.access_token_ttl);
+        let default_ttl = self.duration(&format!("{at}.default_ttl"), p.default_ttl.as_ref(), ttl);
         let max_concurrency = self.optional_whole(&format!("{at}.max_concurrency"), p.max_concurrency.as_ref(), 1);
         let rate_limit_per_second = self.optional_whole(
             &format!("{at}.rate_limit_per_second"),
@@ -152,7 +289,7 @@ impl Checker {
             1,
         );
 
-        Some(ProviderApp {
+        let app = ProviderApp {
             slug: slug?,
             token_url: token_url?,
             authorization_url,
@@ -164,6 +301,17 @@ impl Checker {
             default_ttl: default_ttl?,
             max_concurrency: max_concurrency?,
             rate_limit_per_second: rate_limit_per_second?,
+        };
+        Some(match defaults.issuer {
+            None => Built::App(app),
+            Some(issuer) => Built::Pending(PendingDiscovery {
+                position,
+                issuer,
+                app,
+                token_url_given,
+                authorization_url_given,
+                auth_method_given,
+            }),
         })
     }
 
