@@ -263,6 +263,62 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// The configuration name of an auth method.
+pub fn auth_method_name(method: AuthMethod) -> &'static str {
+    match method {
+        AuthMethod::ClientSecretBasic => "client_secret_basic",
+        AuthMethod::ClientSecretPost => "client_secret_post",
+        AuthMethod::None => "none",
+    }
+}
+
+/// The environment variable `config_toml` names for the client secret
+/// (`GOOGLE_CLIENT_SECRET`).
+pub fn secret_env_name(slug: &str) -> String {
+    let upper: String = slug
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{upper}_CLIENT_SECRET")
+}
+
+/// The `[[provider]]` table that configures `entry`: its name, client
+/// credentials to fill in, its parameters (commented out when they have
+/// defaults) and, for discovery, the issuer.
+pub fn config_toml(entry: &Entry) -> String {
+    let mut toml = String::from("[[provider]]\n");
+    toml.push_str(&format!("slug = {:?}\n", entry.slug));
+    toml.push_str(&format!("catalogue = {:?}\n", entry.slug));
+    toml.push_str("client_id = \"YOUR_CLIENT_ID\"\n");
+    if entry.auth_method != AuthMethod::None {
+        toml.push_str(&format!("client_secret_env = {:?}\n", secret_env_name(&entry.slug)));
+    }
+    if entry.discovery {
+        toml.push_str("issuer = \"https://login.example.com\"   # exactly as in the server's metadata\n");
+    }
+    if !entry.params.is_empty() {
+        let pairs: Vec<String> = entry
+            .params
+            .iter()
+            .map(|(name, p)| format!("{name} = {:?}", p.default.as_deref().unwrap_or("CHANGE_ME")))
+            .collect();
+        let required = entry.params.values().any(|p| p.default.is_none());
+        let line = format!("catalogue_params = {{ {} }}", pairs.join(", "));
+        if required {
+            toml.push_str(&format!("{line}\n"));
+        } else {
+            toml.push_str(&format!("#{line}   # the defaults\n"));
+        }
+    }
+    toml
+}
+
 // ----- parsing -----------------------------------------------------------------
 
 #[derive(Deserialize)]

@@ -9,6 +9,7 @@ pub(crate) mod doctor;
 mod events;
 mod keys;
 mod master_key;
+mod providers;
 mod refresh;
 mod runs;
 mod webhooks;
@@ -71,6 +72,9 @@ enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The built-in provider catalogue: list entries, show one and how to configure it.
+    #[command(subcommand)]
+    Providers(providers::ProvidersCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,7 +103,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         print!("{}", crate::config::example_toml());
         return Ok(());
     }
-    let config = Config::load(cli.config.as_deref())?;
+    if let Command::Providers(command) = cli.command {
+        return providers::run(command);
+    }
+    let config = providers::load_config(cli.config.as_deref()).await?;
     match cli.command {
         Command::Serve => serve(config, cli.config).await,
         Command::Migrate => {
@@ -120,7 +127,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{config:#?}");
             Ok(())
         }
-        Command::Config(ConfigCommand::Example) | Command::Demo(_) => unreachable!("handled above"),
+        Command::Config(ConfigCommand::Example) | Command::Demo(_) | Command::Providers(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -191,7 +200,7 @@ fn reload_on_sighup(engine: crate::engine::Engine, config_path: Option<PathBuf>)
             return;
         };
         while hangups.recv().await.is_some() {
-            match Config::load(config_path.as_deref()) {
+            match providers::load_config(config_path.as_deref()).await {
                 Ok(config) => {
                     let providers = config.providers.len();
                     engine.reload_providers(config.providers).await;
