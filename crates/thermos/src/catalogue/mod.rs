@@ -256,7 +256,7 @@ pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
         0 => "0s".to_owned(),
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 86_400 == 0 && s > 86_400 => format!("{}d", s / 86_400),
         s if s % 3_600 == 0 => format!("{}h", s / 3_600),
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),

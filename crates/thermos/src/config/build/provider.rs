@@ -223,7 +223,8 @@ impl Checker {
         let token_url = match p.token_url {
             Some(text) => self.endpoint_url(&format!("{at}.token_url"), &text),
             None if defaults.token_url.is_some() => defaults.token_url,
-            None if entry.is_some() => None,
+            // A catalogue entry was named: its problem, if any, is recorded.
+            None if p.catalogue.is_some() => None,
             None => {
                 self.problem(
                     format!("{at}.token_url"),
