@@ -366,9 +366,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The version and any lease are left as they are. `None` if missing.
     async fn reset_connection(&self, id: ConnectionId, now: OffsetDateTime) -> StoreResult<Option<ConnectionRecord>>;
 
-    /// Deletes a connection and its attempts; false if it did not exist.
-    /// Its events and their deliveries are kept.
-    async fn delete_connection(&self, id: ConnectionId) -> StoreResult<bool>;
+    /// Deletes a connection and its attempts; false (and no event) if it did
+    /// not exist. `events` are written in the same transaction; its earlier
+    /// events and their deliveries are kept.
+    async fn delete_connection(&self, id: ConnectionId, events: Vec<NewEvent>) -> StoreResult<bool>;
 
     /// The earliest `next_refresh_at` among scheduled (`active`, `failing`)
     /// connections — one index lookup, never a table scan.

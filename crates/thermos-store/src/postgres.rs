@@ -271,8 +271,8 @@ impl Store for PgStore {
         connection::reset(self, id, now).await
     }
 
-    async fn delete_connection(&self, id: ConnectionId) -> StoreResult<bool> {
-        connection::delete(self, id).await
+    async fn delete_connection(&self, id: ConnectionId, events: Vec<NewEvent>) -> StoreResult<bool> {
+        connection::delete(self, id, events).await
     }
 
     async fn next_due_at(&self) -> StoreResult<Option<OffsetDateTime>> {

@@ -822,10 +822,10 @@ async fn deleting_a_connection_deletes_its_attempts(store: Arc<dyn Store>) {
             .await
             .unwrap();
     }
-    assert!(store.delete_connection(conn.id).await.unwrap());
+    assert!(store.delete_connection(conn.id, Vec::new()).await.unwrap());
     assert_eq!(store.get_connection(conn.id).await.unwrap(), None);
     assert!(store.list_attempts(conn.id, 10).await.unwrap().is_empty());
-    assert!(!store.delete_connection(conn.id).await.unwrap());
+    assert!(!store.delete_connection(conn.id, Vec::new()).await.unwrap());
     assert_eq!(store.list_attempts(kept.id, 10).await.unwrap().len(), 1);
     // The same account can connect again.
     insert(
@@ -841,7 +841,7 @@ async fn deleting_a_connection_deletes_its_attempts(store: Arc<dyn Store>) {
 async fn refresh_results_for_a_deleted_connection_change_nothing(store: Arc<dyn Store>) {
     let conn = insert(&*store, connection("u1")).await;
     claim(&*store, conn.id, "w", 0, 60).await;
-    store.delete_connection(conn.id).await.unwrap();
+    store.delete_connection(conn.id, Vec::new()).await.unwrap();
     let outcome = store
         .finish_refresh(conn.id, 1, tokens("x", 1), attempt("refreshed", 1), Vec::new())
         .await
@@ -1240,7 +1240,7 @@ mod sqlite_only {
             .finish_refresh(conn.id, 1, tokens("x", 1), attempt("refreshed", 1), Vec::new())
             .await
             .unwrap();
-        store.delete_connection(conn.id).await.unwrap();
+        store.delete_connection(conn.id, Vec::new()).await.unwrap();
         let raw = SqlitePoolOptions::new()
             .connect(&format!("sqlite://{}", dir.path().join("thermos.db").display()))
             .await

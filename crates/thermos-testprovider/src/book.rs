@@ -243,6 +243,18 @@ impl Book {
         }
     }
 
+    /// Revokes one access token (RFC 7009): it expires at `now` (and stays
+    /// among the issued tokens); false if it was not known.
+    pub(crate) fn revoke_access_token(&mut self, token: &str, now: Instant) -> bool {
+        match self.access_tokens.get_mut(token) {
+            Some(entry) => {
+                entry.expires_at = entry.expires_at.min(now);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub(crate) fn is_revoked(&self, grant: &GrantId) -> bool {
         self.grants.get(grant).is_some_and(|g| g.revoked)
     }

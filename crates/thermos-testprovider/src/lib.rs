@@ -16,6 +16,9 @@
 //!   `POST /token` — a machine token without a refresh token; assertions
 //!   are verified with keys registered by [`TestProvider::register_jwt_key`]
 //!   (see `grants.rs`);
+//! - `POST /revoke` — token revocation (RFC 7009): a refresh token revokes
+//!   its grant family, an access token itself, an unknown token is 200;
+//!   switchable to 503 or `unsupported_token_type` (see [`RevocationMode`]);
 //! - `GET /resource` — a protected API: 200 for a live `Bearer` access token, else 401;
 //! - `GET /health` — 200;
 //! - only when started with [`TestProvider::try_start_with_admin`] (the
@@ -54,6 +57,7 @@ pub mod authorize;
 mod book;
 pub mod fault;
 mod grants;
+mod revoke;
 mod server;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -67,6 +71,7 @@ use tokio::time::Instant;
 
 pub use book::{GrantId, IssuedGrant};
 pub use fault::Fault;
+pub use revoke::RevocationMode;
 
 use server::Shared;
 
@@ -161,6 +166,7 @@ impl Default for ProviderOptions {
 #[derive(Debug)]
 pub struct TestProvider {
     shared: Arc<Shared>,
+    revocations: Arc<revoke::Revocations>,
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -193,7 +199,9 @@ impl TestProvider {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(options));
         let (stop, stopped) = oneshot::channel::<()>();
-        let mut app = server::router(Arc::clone(&shared));
+        let revocations = Arc::new(revoke::Revocations::default());
+        let mut app =
+            server::router(Arc::clone(&shared)).merge(revoke::router(Arc::clone(&shared), Arc::clone(&revocations)));
         if admin {
             app = app.merge(server::admin_router(Arc::clone(&shared)));
         }
@@ -207,6 +215,7 @@ impl TestProvider {
         });
         Ok(Self {
             shared,
+            revocations,
             addr,
             stop: Some(stop),
         })
@@ -231,6 +240,11 @@ impl TestProvider {
     /// approves at once and redirects back with a code (see [`authorize`]).
     pub fn authorize_url(&self) -> String {
         format!("{}/authorize", self.base_url())
+    }
+
+    /// The revocation endpoint (RFC 7009), `http://127.0.0.1:<port>/revoke`.
+    pub fn revoke_url(&self) -> String {
+        format!("{}/revoke", self.base_url())
     }
 
     /// The protected resource, `http://127.0.0.1:<port>/resource`.
@@ -339,6 +353,33 @@ impl TestProvider {
     /// Authorization codes `GET /authorize` issued.
     pub fn codes_issued(&self) -> u64 {
         self.shared.authorizations.codes_issued()
+    }
+
+    // ----- revocation (RFC 7009) --------------------------------------------
+
+    /// How `POST /revoke` answers from now on.
+    pub fn set_revocation_mode(&self, mode: RevocationMode) {
+        self.revocations.set_mode(mode);
+    }
+
+    /// Every `POST /revoke` received, whatever its answer.
+    pub fn revocation_requests(&self) -> u64 {
+        self.revocations.requests()
+    }
+
+    /// `POST /revoke` requests that failed client authentication.
+    pub fn revocations_refused(&self) -> u64 {
+        self.revocations.refused_clients()
+    }
+
+    /// Grant families revoked through `POST /revoke` with a refresh token.
+    pub fn grants_revoked_by_request(&self) -> u64 {
+        self.revocations.grants_revoked()
+    }
+
+    /// Access tokens revoked one by one through `POST /revoke`.
+    pub fn access_tokens_revoked(&self) -> u64 {
+        self.revocations.access_tokens_revoked()
     }
 
     // ----- observations ----------------------------------------------------

@@ -297,7 +297,7 @@ fn refresh(shared: &Shared, headers: &HeaderMap, form: &HashMap<String, String>)
 }
 
 /// Why client authentication failed.
-enum AuthFailure {
+pub(crate) enum AuthFailure {
     InvalidRequest(&'static str),
     InvalidClient { basic_attempted: bool },
 }
@@ -327,7 +327,7 @@ impl IntoResponse for AuthFailure {
 
 /// Client authentication per RFC 6749 §2.3: exactly one method, and only
 /// one the options accept.
-fn authenticate(
+pub(crate) fn authenticate(
     options: &ProviderOptions,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
@@ -391,7 +391,7 @@ fn form_decode(component: &str) -> Option<String> {
 }
 
 /// Parses the form body; a parameter sent twice is an error (RFC 6749 §3.2).
-fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, &'static str> {
+pub(crate) fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, &'static str> {
     let mut form = HashMap::new();
     for (key, value) in form_urlencoded::parse(body) {
         if form.insert(key.into_owned(), value.into_owned()).is_some() {

@@ -20,6 +20,7 @@ fn app_for(provider: &TestProvider, auth_method: AuthMethod) -> ProviderApp {
         slug: "test".to_owned(),
         token_url: Url::parse(&provider.token_url()).expect("a url"),
         authorization_url: None,
+        revocation_url: None,
         client_id: provider.client_id().to_owned(),
         client_secret: Some(SecretString::from(provider.client_secret().to_owned())),
         auth_method,

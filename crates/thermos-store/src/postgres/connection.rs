@@ -248,13 +248,20 @@ pub(super) async fn reset(
 }
 
 /// Deletes a connection; its attempts go with it (`ON DELETE CASCADE`), its
-/// events stay (they have no foreign key to it).
-pub(super) async fn delete(store: &PgStore, id: ConnectionId) -> StoreResult<bool> {
+/// events stay (they have no foreign key to it). `events` are written in
+/// the same transaction, only if there was a row to delete.
+pub(super) async fn delete(store: &PgStore, id: ConnectionId, events: Vec<NewEvent>) -> StoreResult<bool> {
+    let mut tx = store.begin().await?;
     let done = sqlx::query("DELETE FROM connections WHERE id = $1")
         .bind(id.to_string())
-        .execute(&store.pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(done.rows_affected() > 0)
+    let deleted = done.rows_affected() > 0;
+    if deleted {
+        write_events(&mut tx, &events).await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
 }
 
 /// Counts by provider and status, ordered by provider then status name.

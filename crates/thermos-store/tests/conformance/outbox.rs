@@ -752,11 +752,18 @@ pub async fn deleting_a_connection_keeps_its_events(store: Arc<dyn Store>) {
         .insert_connection(new.clone(), T0, vec![created.clone()])
         .await
         .unwrap();
-    assert!(store.delete_connection(new.id).await.unwrap());
+    let deleted = event("connection.deleted", Some("acme"), Some(new.id), 2);
+    assert!(store.delete_connection(new.id, vec![deleted.clone()]).await.unwrap());
     let found = get_event(&*store, &created).await;
     assert_eq!(found.event.event.connection_id, Some(new.id));
     assert_eq!(found.deliveries.len(), 1);
-    assert_eq!(claim(&*store, "w1", 1, 30).await.len(), 1);
+    // The delete's own event commits with it, delivered after the earlier one.
+    assert_eq!(get_event(&*store, &deleted).await.deliveries.len(), 1);
+    assert_eq!(event_ids(&claim(&*store, "w1", 3, 30).await), [created.id.as_str()]);
+    // Deleting what is gone writes no event.
+    let again = event("connection.deleted", Some("acme"), Some(new.id), 3);
+    assert!(!store.delete_connection(new.id, vec![again.clone()]).await.unwrap());
+    assert!(store.get_event(&again.id).await.unwrap().is_none());
 }
 
 pub async fn concurrent_delivery_claimers_never_claim_a_delivery_twice(store: Arc<dyn Store>) {

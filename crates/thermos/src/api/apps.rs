@@ -357,6 +357,7 @@ mod tests {
             slug: "acme".into(),
             token_url: "https://auth.example.com/token".parse().unwrap(),
             authorization_url: None,
+            revocation_url: None,
             client_id: "configured".into(),
             client_secret: Some(SecretString::from("configured-secret".to_owned())),
             auth_method,

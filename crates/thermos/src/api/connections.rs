@@ -1,6 +1,9 @@
 //! `/v1/connections` handlers.
 
+mod delete;
 mod grants;
+
+pub use delete::{REVOCATION_HEADER, delete};
 
 pub(crate) use grants::MAX_CLAIM_CHARS;
 
@@ -226,16 +229,6 @@ pub async fn show(
 ) -> Result<Json<ConnectionView>, ApiError> {
     let record = visible(&state, &caller, id).await?;
     Ok(Json(ConnectionView::from(&record)))
-}
-
-pub async fn delete(State(state): State<AppState>, caller: Caller, PathId(id): PathId) -> Result<StatusCode, ApiError> {
-    visible(&state, &caller, id).await?;
-    if state.engine.store().delete_connection(id).await? {
-        tracing::info!(connection_id = %id, "connection deleted");
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("connection"))
-    }
 }
 
 pub async fn token(

@@ -632,8 +632,12 @@ pub fn document() -> Value {
             "/v1/connections/{id}": {
                 "get": op("getConnection", "connections", "One connection (never a token)", vec![id()], None,
                     responses(("200", ok("the connection", schema_ref("Connection"))), &["404"])),
-                "delete": op("deleteConnection", "connections", "Delete a connection", vec![id()], None,
-                    responses(("204", no_content()), &["404"])),
+                "delete": op("deleteConnection", "connections", "Delete a connection, first revoking its grant at the provider (RFC 7009) when the provider has a revocation_url; the delete happens whatever the revocation does",
+                    vec![id(), query("revoke", json!({"type": "boolean", "default": true}), "false: delete without revoking at the provider")], None,
+                    responses(("204", json!({
+                        "description": "deleted; the header says what the revocation did (also in the connection.deleted event)",
+                        "headers": {super::connections::REVOCATION_HEADER: {"schema": {"type": "string", "enum": ["revoked", "not_supported", "failed", "skipped"]}}},
+                    })), &["404"])),
             },
             "/v1/connections/{id}/tokens": {
                 "put": op("replaceTokens", "connections", "Replace the tokens after the user reconnected (status becomes active)",

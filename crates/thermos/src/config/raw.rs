@@ -125,6 +125,7 @@ pub(super) struct RawProvider {
     pub client_secret_env: Option<String>,
     pub auth_method: Option<String>,
     pub authorization_url: Option<String>,
+    pub revocation_url: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub extra_params: Option<BTreeMap<String, Scalar>>,
     pub default_ttl: Option<Scalar>,

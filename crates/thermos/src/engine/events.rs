@@ -150,6 +150,18 @@ pub fn after_success(record: &ConnectionRecord, at: OffsetDateTime) -> Vec<NewEv
     )]
 }
 
+/// `connection.deleted`: the connection and its attempts are gone;
+/// `revocation` is what happened at the provider (RFC 7009) — an object
+/// with `revocation` (`revoked` | `not_supported` | `failed` | `skipped`)
+/// and its details (docs/revocation.md), merged into the data.
+pub fn connection_deleted(record: &ConnectionRecord, revocation: Value, at: OffsetDateTime) -> NewEvent {
+    let mut data = json!({"status": record.status.as_str(), "grant_type": record.grant.grant_type.as_str()});
+    if let (Value::Object(map), Value::Object(extra)) = (&mut data, revocation) {
+        map.extend(extra);
+    }
+    connection_event("connection.deleted", record, data, at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "connection.recovered",
     "connection.needs_reauth",
     "connection.refresh_token_expiring",
+    "connection.deleted",
     "provider.circuit_opened",
     "provider.circuit_closed",
     "provider.client_invalid",

@@ -31,12 +31,19 @@ use url::Url;
 
 use super::ProviderApp;
 
+mod revoke;
+
+pub use revoke::{Revocation, TokenTypeHint};
+
 /// The `User-Agent` sent to token endpoints.
 pub const USER_AGENT: &str = concat!("thermos/", env!("CARGO_PKG_VERSION"));
 /// Default cap on a token response body; a larger body is a malformed response.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Upper bound of the connect timeout (the request timeout applies too).
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound of a revocation request's timeout (RFC 7009): a delete waits
+/// for it, so it is shorter than a refresh may take.
+pub const MAX_REVOKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Form parameters the client sets itself; `extra_params` cannot override them.
 const RESERVED_PARAMS: [&str; 4] = ["grant_type", "refresh_token", "client_id", "client_secret"];
 
@@ -46,6 +53,8 @@ const RESERVED_PARAMS: [&str; 4] = ["grant_type", "refresh_token", "client_id", 
 pub struct RefreshClient {
     http: reqwest::Client,
     max_body_bytes: usize,
+    /// `min(request_timeout, MAX_REVOKE_TIMEOUT)`.
+    revoke_timeout: Duration,
 }
 
 impl RefreshClient {
@@ -65,6 +74,7 @@ impl RefreshClient {
         Self {
             http,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            revoke_timeout: request_timeout.min(MAX_REVOKE_TIMEOUT),
         }
     }
 
@@ -206,16 +216,7 @@ impl RefreshClient {
     /// client authentication.
     fn request(&self, app: &ProviderApp, grant: &[(&str, &str)]) -> Result<reqwest::RequestBuilder, String> {
         let mut form: Vec<(&str, &str)> = grant.to_vec();
-        let secret = app.client_secret.as_ref().map_or("", ExposeSecret::expose_secret);
-        let mut authorization = None;
-        match app.auth_method {
-            AuthMethod::ClientSecretBasic => authorization = Some(basic_authorization(&app.client_id, secret)?),
-            AuthMethod::ClientSecretPost => {
-                form.push(("client_id", &app.client_id));
-                form.push(("client_secret", secret));
-            }
-            AuthMethod::None => form.push(("client_id", &app.client_id)),
-        }
+        let authorization = client_authentication(app, &mut form)?;
         form.extend(
             app.extra_params
                 .iter()
@@ -225,17 +226,40 @@ impl RefreshClient {
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         );
         let body = serde_urlencoded::to_string(&form).map_err(|e| format!("encode the token request: {e}"))?;
+        Ok(self.post_form(app.token_url.clone(), body, authorization))
+    }
+
+    /// A form POST to `url`, with the client's `Authorization` header if any.
+    fn post_form(&self, url: Url, body: String, authorization: Option<HeaderValue>) -> reqwest::RequestBuilder {
         let mut request = self
             .http
-            .post(app.token_url.clone())
+            .post(url)
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .body(body);
         if let Some(value) = authorization {
             request = request.header(AUTHORIZATION, value);
         }
-        Ok(request)
+        request
     }
+}
+
+/// RFC 6749 §2.3.1 client authentication for `app`: the Basic header it
+/// returns, or the credentials pushed onto `form`.
+fn client_authentication<'a>(
+    app: &'a ProviderApp,
+    form: &mut Vec<(&'a str, &'a str)>,
+) -> Result<Option<HeaderValue>, String> {
+    let secret = app.client_secret.as_ref().map_or("", ExposeSecret::expose_secret);
+    match app.auth_method {
+        AuthMethod::ClientSecretBasic => return Ok(Some(basic_authorization(&app.client_id, secret)?)),
+        AuthMethod::ClientSecretPost => {
+            form.push(("client_id", &app.client_id));
+            form.push(("client_secret", secret));
+        }
+        AuthMethod::None => form.push(("client_id", &app.client_id)),
+    }
+    Ok(None)
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1),
@@ -275,8 +299,13 @@ fn transport_failure(error: reqwest::Error, http_status: Option<u16>, endpoint: 
     } else {
         "call"
     };
-    let mut detail = format!("{verb} token endpoint {endpoint}");
-    let mut cause: Option<&dyn std::error::Error> = Some(&error);
+    let detail = with_chain(format!("{verb} token endpoint {endpoint}"), &error);
+    failure(kind, http_status, detail)
+}
+
+/// `context: cause: cause…`, each text of the error chain once.
+fn with_chain(mut detail: String, error: &dyn std::error::Error) -> String {
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
     while let Some(current) = cause {
         let text = current.to_string();
         if !detail.ends_with(&text) {
@@ -285,7 +314,7 @@ fn transport_failure(error: reqwest::Error, http_status: Option<u16>, endpoint: 
         }
         cause = current.source();
     }
-    failure(kind, http_status, detail)
+    detail
 }
 
 fn chain_has_timeout(error: &reqwest::Error) -> bool {
@@ -431,6 +460,7 @@ mod tests {
             slug: "example".into(),
             token_url: Url::parse("https://auth.example.com/token").unwrap(),
             authorization_url: None,
+            revocation_url: None,
             client_id: "client".into(),
             client_secret: Some("s3cr+t/=:%x".to_owned().into()),
             auth_method: AuthMethod::ClientSecretBasic,

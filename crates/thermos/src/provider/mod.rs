@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use thermos_core::oauth::AuthMethod;
 use url::Url;
 
-pub use client::RefreshClient;
+pub use client::{RefreshClient, Revocation, TokenTypeHint};
 
 /// Default lifetime assumed for an access token whose response has no `expires_in`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -27,6 +27,9 @@ pub struct ProviderApp {
     pub token_url: Url,
     /// Where users are sent to authorise (connect sessions, later).
     pub authorization_url: Option<Url>,
+    /// The RFC 7009 revocation endpoint (https, or http on a loopback host);
+    /// `None`: tokens are not revoked when a connection is deleted.
+    pub revocation_url: Option<Url>,
     pub client_id: String,
     /// Absent for `auth_method = "none"`.
     pub client_secret: Option<SecretString>,

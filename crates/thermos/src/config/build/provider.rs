@@ -238,6 +238,9 @@ impl Checker {
             Some(text) => self.endpoint_url(&format!("{at}.authorization_url"), &text),
             None => defaults.authorization_url,
         };
+        let revocation_url = p
+            .revocation_url
+            .and_then(|text| self.endpoint_url(&format!("{at}.revocation_url"), &text));
         let client_id = match p.client_id.map(|id| id.to_text()) {
             Some(id) if !id.trim().is_empty() => Some(id),
             Some(_) => {
@@ -294,6 +297,7 @@ impl Checker {
             slug: slug?,
             token_url: token_url?,
             authorization_url,
+            revocation_url,
             client_id: client_id?,
             client_secret: client_secret.ok()?,
             auth_method,
