@@ -134,6 +134,7 @@ fn a_slack_provider_with_only_credentials_gets_the_catalogue_settings() {
     assert_eq!(app.scopes, ["users:read"]);
     assert_eq!(app.default_ttl, Duration::from_secs(12 * 3600));
     assert!(app.extra_params.is_empty());
+    assert!(app.revocation_url.is_none(), "auth.revoke is not RFC 7009");
     assert_eq!(app.client_id, "123.456");
     assert!(app.client_secret.is_some());
     assert!(config.pending_discovery.is_empty());
@@ -152,7 +153,12 @@ fn authorization_parameters_go_into_the_authorization_url() {
         client_secret_env = "SECRET"
         "#,
     );
-    let url = config.provider("google").unwrap().authorization_url.clone().unwrap();
+    let google = config.provider("google").unwrap();
+    assert_eq!(
+        google.revocation_url.as_ref().map(url::Url::as_str),
+        Some("https://oauth2.googleapis.com/revoke")
+    );
+    let url = google.authorization_url.clone().unwrap();
     let query: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
     assert_eq!(query.get("access_type").map(String::as_str), Some("offline"));
     assert_eq!(query.get("prompt").map(String::as_str), Some("consent"));
@@ -378,6 +384,10 @@ async fn the_oidc_entry_discovers_its_endpoints_from_the_issuers_metadata() {
     assert_eq!(
         app.authorization_url.as_ref().map(url::Url::as_str),
         Some(format!("{base}/authorize").as_str())
+    );
+    assert_eq!(
+        app.revocation_url.as_ref().map(url::Url::as_str),
+        Some(format!("{base}/revoke").as_str())
     );
     assert_eq!(app.auth_method, AuthMethod::ClientSecretBasic);
     assert_eq!(app.scopes, ["openid", "offline_access"]);

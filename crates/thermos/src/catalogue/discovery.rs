@@ -47,6 +47,8 @@ pub struct PendingDiscovery {
     pub token_url_given: bool,
     /// `authorization_url` was given in the configuration.
     pub authorization_url_given: bool,
+    /// `revocation_url` was given in the configuration.
+    pub revocation_url_given: bool,
     /// `auth_method` was given in the configuration.
     pub auth_method_given: bool,
 }
@@ -96,6 +98,7 @@ struct Metadata {
     issuer: String,
     authorization_endpoint: Option<String>,
     token_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
     #[serde(default)]
     token_endpoint_auth_methods_supported: Option<Vec<String>>,
 }
@@ -163,6 +166,11 @@ async fn discover(client: &reqwest::Client, pending: &PendingDiscovery) -> Resul
         && let Some(authorization) = metadata.authorization_endpoint.as_deref()
     {
         app.authorization_url = Some(endpoint("authorization_endpoint", authorization)?);
+    }
+    if !pending.revocation_url_given
+        && let Some(revocation) = metadata.revocation_endpoint.as_deref()
+    {
+        app.revocation_url = Some(endpoint("revocation_endpoint", revocation)?);
     }
     if !pending.auth_method_given
         && let Some(methods) = &metadata.token_endpoint_auth_methods_supported

@@ -1,8 +1,8 @@
 //! The `[[provider]]` rules: slugs unique and valid, token endpoints on
 //! https (http only on loopback), exactly one way to get the client secret.
 //! A provider naming a catalogue entry (`catalogue = "google"`) takes the
-//! entry's endpoints, auth method, scopes, token parameters and default
-//! lifetime for every key it does not set itself; `catalogue = "oidc"`
+//! entry's endpoints (revocation too), auth method, scopes, token parameters
+//! and default lifetime for every key it does not set itself; `catalogue = "oidc"`
 //! leaves its endpoints to discovery (`catalogue::discovery`).
 //!
 //! A `client_secret_env` variable is read here, once, through the injected
@@ -37,6 +37,8 @@ struct Defaults {
     token_url: Option<Url>,
     /// The entry's authorization endpoint with its parameters.
     authorization_url: Option<Url>,
+    /// The entry's RFC 7009 revocation endpoint, if it has one.
+    revocation_url: Option<Url>,
     /// The configured issuer, for discovery entries.
     issuer: Option<String>,
 }
@@ -190,6 +192,7 @@ impl Checker {
             Ok(endpoints) => {
                 defaults.token_url = Some(endpoints.token_url);
                 defaults.authorization_url = Some(endpoints.authorization_url);
+                defaults.revocation_url = endpoints.revocation_url;
             }
             Err(error) => self.problem(format!("{at}.catalogue"), error.to_string()),
         }
@@ -238,9 +241,11 @@ impl Checker {
             Some(text) => self.endpoint_url(&format!("{at}.authorization_url"), &text),
             None => defaults.authorization_url,
         };
-        let revocation_url = p
-            .revocation_url
-            .and_then(|text| self.endpoint_url(&format!("{at}.revocation_url"), &text));
+        let revocation_url_given = p.revocation_url.is_some();
+        let revocation_url = match p.revocation_url {
+            Some(text) => self.endpoint_url(&format!("{at}.revocation_url"), &text),
+            None => defaults.revocation_url,
+        };
         let client_id = match p.client_id.map(|id| id.to_text()) {
             Some(id) if !id.trim().is_empty() => Some(id),
             Some(_) => {
@@ -315,6 +320,7 @@ impl Checker {
                 app,
                 token_url_given,
                 authorization_url_given,
+                revocation_url_given,
                 auth_method_given,
             }),
         })
