@@ -29,7 +29,8 @@ pub struct AppOptions {
     pub manual_clock: bool,
     /// Extra lines for the `[refresh]` section.
     pub refresh_toml: String,
-    /// Extra lines for the `[[provider]]` section (e.g. `max_concurrency = 4`).
+    /// Extra lines for the `[[provider]]` section (e.g. `max_concurrency = 4`);
+    /// `{provider_url}` stands for the test provider's base URL.
     pub provider_toml: String,
     /// Extra sections after the provider (e.g. `[alerts]`, `[security]` keys
     /// cannot repeat: use `allow_private_targets` below).
@@ -88,7 +89,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         !options.manual_clock,
         &options.refresh_toml,
     );
-    toml.push_str(&options.provider_toml);
+    toml.push_str(&options.provider_toml.replace("{provider_url}", &provider.base_url()));
     toml.push_str(&options.extra_toml);
     if options.allow_private_targets {
         toml = toml.replacen("[security]\n", "[security]\nallow_private_targets = true\n", 1);
