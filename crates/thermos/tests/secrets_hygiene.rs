@@ -198,6 +198,7 @@ max_retries = 2
 [[provider]]
 slug = "primary"
 token_url = "{primary}"
+revocation_url = "{primary_revoke}"
 client_id = "{CONFIG_CLIENT_ID}"
 client_secret = "{CONFIG_SECRET}"
 auth_method = "client_secret_basic"
@@ -205,6 +206,7 @@ default_ttl = "1h"
 [[provider]]
 slug = "second"
 token_url = "{second}"
+revocation_url = "{second_revoke}"
 client_id = "{CONFIG_CLIENT_ID}"
 client_secret = "{STALE_SECRET}"
 auth_method = "client_secret_post"
@@ -213,6 +215,8 @@ default_ttl = "1h"
         db = dir.join("thermos.db").display(),
         primary = primary.token_url(),
         second = second.token_url(),
+        primary_revoke = primary.revoke_url(),
+        second_revoke = second.revoke_url(),
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -924,6 +928,20 @@ async fn no_secret_appears_in_logs_answers_metrics_events_or_webhook_deliveries(
         )
         .await;
     assert_eq!(status, 204);
+    assert_eq!(primary.grants_revoked_by_request(), 1, "the delete revoked the grant");
+    // Its custom app gone, the custom connection's revocation presents the
+    // configured (stale) secret in the body and is refused; deleted anyway.
+    let (status, _) = client
+        .call(
+            c,
+            Method::DELETE,
+            &format!("/v1/connections/{custom_id}"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(second.revocations_refused(), 1);
 
     // The unauthenticated endpoints.
     for path in ["/health", "/ready", "/openapi.json", "/metrics"] {
