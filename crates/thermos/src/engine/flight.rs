@@ -85,6 +85,14 @@ impl Flights {
         self.lock().len()
     }
 
+    /// Registers a flight that never ends for `id`, as an on-demand flight
+    /// is registered before it claims its row (tests of that window).
+    #[cfg(test)]
+    pub(super) fn register_pending(&self, id: ConnectionId) {
+        let never: SharedFlight = futures::future::pending().boxed().shared();
+        self.lock().insert(id, SharedFlightDebug(never));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, SharedFlightDebug>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -59,17 +59,17 @@ impl Engine {
                 Ok(permit) => {
                     inner.stats.scheduled_start(lateness_ms);
                     metrics::histogram!(m::REFRESH_LATENESS_SECONDS).record(lateness.as_secs_f64());
-                    flight::start_claimed(inner, record, permit, Trigger::Scheduled);
+                    let id = record.id;
+                    if !flight::start_claimed(inner, record, permit, Trigger::Scheduled) {
+                        // An on-demand flight registered itself before it
+                        // claimed the row: hand the lease to it rather than
+                        // leave both waiting until the lease expires.
+                        release(inner, id, planned).await;
+                    }
                 }
                 Err(_) => {
                     // An on-demand refresh took the permit meanwhile: hand the connection back.
-                    if let Err(e) = inner
-                        .store
-                        .release_lease(record.id, &inner.settings.owner, planned)
-                        .await
-                    {
-                        warn!(connection_id = %record.id, error.message = %e, "releasing a lease failed; it will expire");
-                    }
+                    release(inner, record.id, planned).await;
                 }
             }
         }
@@ -130,7 +130,89 @@ impl Engine {
     }
 }
 
+/// Drops this instance's lease on `id` without a refresh, due again at
+/// `planned`; a failure only means the lease expires by itself.
+async fn release(inner: &super::Inner, id: thermos_core::id::ConnectionId, planned: OffsetDateTime) {
+    if let Err(e) = inner.store.release_lease(id, &inner.settings.owner, planned).await {
+        warn!(connection_id = %id, error.message = %e, "releasing a lease failed; it will expire");
+    }
+}
+
 /// No pause: loop at once (the select still lets cancellation through).
 fn continue_after_yield() -> Duration {
     Duration::ZERO
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use secrecy::SecretString;
+    use thermos_core::clock::ManualClock;
+    use thermos_core::id::ConnectionId;
+    use thermos_core::seal::{Field, MasterKey};
+    use thermos_store::{NewConnection, SqliteStore, Store};
+    use time::macros::datetime;
+
+    use crate::engine::{Engine, EngineSettings};
+    use crate::provider::RefreshClient;
+
+    #[tokio::test]
+    async fn a_row_claimed_while_an_on_demand_flight_is_registered_is_handed_back_not_left_leased() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let now = datetime!(2026-01-01 12:00:00 UTC);
+        let key = MasterKey::generate().0;
+        let id = ConnectionId::generate();
+        let due = NewConnection {
+            id,
+            project: "p".into(),
+            provider: "acme".into(),
+            external_id: "u1".into(),
+            access_token: key.seal(&id, Field::AccessToken, &SecretString::from("at")),
+            refresh_token: Some(key.seal(&id, Field::RefreshToken, &SecretString::from("rt"))),
+            token_type: "Bearer".into(),
+            scope: None,
+            issued_at: now - time::Duration::hours(1),
+            expires_at: now + time::Duration::minutes(1),
+            metadata: serde_json::json!({}),
+            next_refresh_at: now - time::Duration::seconds(1),
+            grant: Default::default(),
+        };
+        store.insert_connection(due, now, Vec::new()).await.unwrap();
+        let settings = EngineSettings {
+            policy: Default::default(),
+            max_concurrency: 4,
+            request_timeout: Duration::from_secs(5),
+            owner: "thermos-test".into(),
+            escalate_after: 3,
+            failure_threshold: 0.1,
+            run_stale_after: Duration::from_secs(60),
+        };
+        let engine = Engine::new(
+            Arc::clone(&store),
+            Arc::new(key),
+            Vec::new(),
+            RefreshClient::new(Duration::from_secs(5)),
+            Arc::new(ManualClock::new(now)),
+            settings,
+        );
+        // An on-demand flight of the connection is registered but has not
+        // claimed the row yet when the scheduler claims it.
+        engine.inner.flights.register_pending(id);
+        engine.tick(now).await.unwrap();
+
+        let row = store.get_connection(id).await.unwrap().unwrap();
+        assert_eq!(row.lease_owner, None, "the scheduler's lease was handed back");
+        assert_eq!(
+            row.next_refresh_at,
+            Some(now - time::Duration::seconds(1)),
+            "due as planned"
+        );
+    }
 }
