@@ -25,7 +25,7 @@ const MAX_CREATED_BODY: usize = 1 << 20;
 /// How a request is recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audited {
-    /// A token handed out: folded with equal ones, written within a second.
+    /// A token handed out: folded with equal ones, written within a quarter second.
     Read(&'static str),
     /// A change: written before the answer goes out. `created_id` names the
     /// answer's field holding the new resource's id, when the path has none.
