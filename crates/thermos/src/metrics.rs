@@ -71,6 +71,12 @@ pub const OUTBOX_PENDING: &str = "thermos_outbox_pending";
 /// Counter `{outcome}`: webhook delivery attempts (`delivered`, `retry`, `failed`).
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "thermos_webhook_deliveries_total";
 
+// ---- audit ----------------------------------------------------------------
+
+/// Counter: token reads the audit log could not queue (its writer was that
+/// far behind); each batch of them is also recorded in the log itself.
+pub const AUDIT_READS_DROPPED_TOTAL: &str = "thermos_audit_reads_dropped_total";
+
 // ---- HTTP -----------------------------------------------------------------
 
 /// Counter `{route, method, status}`: HTTP requests served.
@@ -156,6 +162,7 @@ pub const ALL: &[&str] = &[
     SCHEDULER_LAG_SECONDS,
     OUTBOX_PENDING,
     WEBHOOK_DELIVERIES_TOTAL,
+    AUDIT_READS_DROPPED_TOTAL,
     HTTP_REQUESTS_TOTAL,
     HTTP_REQUEST_DURATION_SECONDS,
 ];
@@ -198,6 +205,7 @@ pub fn install() -> PrometheusHandle {
             let _ = metrics::set_global_recorder(recorder);
             // Rendered from the start: this one must be seen to stay 0.
             metrics::counter!(TOKENS_SERVED_EXPIRED_TOTAL).increment(0);
+            metrics::counter!(AUDIT_READS_DROPPED_TOTAL).increment(0);
             handle
         })
         .clone()

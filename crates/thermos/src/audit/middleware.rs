@@ -136,7 +136,7 @@ pub async fn record(State(audit): State<AuditLog>, request: Request, next: Next)
     };
     match how {
         Audited::Read(action) => {
-            audit.read(occurrence(action.to_owned(), target)).await;
+            audit.read(occurrence(action.to_owned(), target));
             response
         }
         Audited::Change { action, created_id } => {

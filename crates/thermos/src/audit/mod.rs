@@ -19,6 +19,7 @@ pub mod middleware;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use thermos_core::clock::Clock;
@@ -37,8 +38,14 @@ const FLUSH_AT: usize = 1024;
 /// dropped (and counted in a log line) rather than growing without bound.
 const MAX_UNWRITTEN: usize = 100_000;
 
-/// Messages the writer queues before senders wait.
-const CHANNEL_CAPACITY: usize = 8192;
+/// Messages queued for the writer. When it is full a token read is not
+/// waited for (the token API must not stall behind the audit log): it is
+/// counted, and the count is written to the log as an `audit.reads_dropped`
+/// entry with the next batch. Changes wait for room.
+const CHANNEL_CAPACITY: usize = 65_536;
+
+/// The actor of entries Thermos writes about the audit log itself.
+pub const SELF_ACTOR: &str = "thermos";
 
 /// What one request did, as the audit log records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +73,8 @@ enum Message {
 pub struct AuditLog {
     sender: mpsc::Sender<Message>,
     clock: Arc<dyn Clock>,
+    /// Token reads not queued because the queue was full, not yet recorded.
+    dropped: Arc<AtomicU64>,
     writer: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -87,21 +96,37 @@ impl AuditLog {
 
     /// [`AuditLog::start`] with another flush interval (tests).
     pub fn start_with(store: Arc<dyn Store>, clock: Arc<dyn Clock>, flush_every: Duration) -> Self {
-        let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
-        let writer = tokio::spawn(Writer::new(store).run(receiver, flush_every));
+        Self::start_bounded(store, clock, flush_every, CHANNEL_CAPACITY)
+    }
+
+    /// [`AuditLog::start_with`] with another queue size (tests of a full queue).
+    pub fn start_bounded(store: Arc<dyn Store>, clock: Arc<dyn Clock>, flush_every: Duration, capacity: usize) -> Self {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer =
+            tokio::spawn(Writer::new(store, Arc::clone(&clock), Arc::clone(&dropped)).run(receiver, flush_every));
         Self {
             sender,
             clock,
+            dropped,
             writer: Arc::new(std::sync::Mutex::new(Some(writer))),
         }
     }
 
     /// Queues a token read (folded with equal ones, written within the
-    /// flush interval).
-    pub async fn read(&self, occurrence: Occurrence) {
+    /// flush interval). Never waits: with the queue full the read is only
+    /// counted (see [`CHANNEL_CAPACITY`]).
+    pub fn read(&self, occurrence: Occurrence) {
         let entry = self.entry(occurrence);
-        if self.sender.send(Message::Read(entry)).await.is_err() {
-            tracing::error!("audit log writer stopped: a token read was not recorded");
+        match self.sender.try_send(Message::Read(entry)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::AUDIT_READS_DROPPED_TOTAL).increment(1);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit log writer stopped: a token read was not recorded");
+            }
         }
     }
 
@@ -172,6 +197,9 @@ type FoldKey = (String, String, Option<String>, Option<String>, u16);
 
 struct Writer {
     store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// Shared with the handles: reads they could not queue.
+    dropped: Arc<AtomicU64>,
     /// Folded reads, in the order their first occurrence arrived.
     reads: Vec<NewAuditEntry>,
     read_index: HashMap<FoldKey, usize>,
@@ -181,9 +209,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(store: Arc<dyn Store>) -> Self {
+    fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, dropped: Arc<AtomicU64>) -> Self {
         Self {
             store,
+            clock,
+            dropped,
             reads: Vec::new(),
             read_index: HashMap::new(),
             unwritten: Vec::new(),
@@ -211,7 +241,7 @@ impl Writer {
                     }
                 }
                 _ = tick.tick() => {
-                    if !self.reads.is_empty() || !self.unwritten.is_empty() {
+                    if !self.reads.is_empty() || !self.unwritten.is_empty() || self.dropped.load(Ordering::Relaxed) > 0 {
                         self.write().await;
                     }
                 }
@@ -266,6 +296,23 @@ impl Writer {
         let mut batch = std::mem::take(&mut self.unwritten);
         batch.append(&mut self.reads);
         batch.sort_by_key(|e| e.first_at);
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::error!(dropped, "the audit log fell behind: token reads were not recorded");
+            let now = self.clock.now();
+            batch.push(NewAuditEntry {
+                at: now,
+                first_at: now,
+                actor: SELF_ACTOR.to_owned(),
+                actor_project: None,
+                action: "audit.reads_dropped".to_owned(),
+                target: None,
+                client: None,
+                request_id: None,
+                status: 0,
+                count: u32::try_from(dropped).unwrap_or(u32::MAX),
+            });
+        }
         let written = batch.is_empty() || self.store.append_audit(batch.clone()).await.is_ok();
         if !written {
             let dropped = batch.len().saturating_sub(MAX_UNWRITTEN);

@@ -47,11 +47,11 @@ async fn equal_reads_within_a_flush_fold_into_one_entry_with_their_count_and_tim
     let clock = Arc::new(ManualClock::new(datetime!(2026-01-01 12:00:00 UTC)));
     let audit = AuditLog::start_with(Arc::clone(&store), clock.clone(), Duration::from_secs(3600));
     for _ in 0..5 {
-        audit.read(read_of("conn_a", 200)).await;
+        audit.read(read_of("conn_a", 200));
         clock.advance(Duration::from_secs(1));
     }
-    audit.read(read_of("conn_a", 404)).await;
-    audit.read(read_of("conn_b", 200)).await;
+    audit.read(read_of("conn_a", 404));
+    audit.read(read_of("conn_b", 200));
     assert!(audit.flush().await);
 
     let entries = listed(&store).await;
@@ -66,7 +66,7 @@ async fn equal_reads_within_a_flush_fold_into_one_entry_with_their_count_and_tim
     assert_eq!(folded.at, datetime!(2026-01-01 12:00:04 UTC));
 
     // A later flush starts new entries.
-    audit.read(read_of("conn_a", 200)).await;
+    audit.read(read_of("conn_a", 200));
     assert!(audit.flush().await);
     assert_eq!(listed(&store).await.len(), 4);
 }
@@ -91,7 +91,7 @@ async fn queued_reads_are_written_within_the_flush_interval_and_on_close() {
     let (store, _dir) = store().await;
     let clock = Arc::new(ManualClock::new(datetime!(2026-01-01 12:00:00 UTC)));
     let audit = AuditLog::start_with(Arc::clone(&store), clock.clone(), Duration::from_millis(20));
-    audit.read(read_of("conn_a", 200)).await;
+    audit.read(read_of("conn_a", 200));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while listed(&store).await.is_empty() {
         assert!(std::time::Instant::now() < deadline, "the read was never written");
@@ -99,7 +99,7 @@ async fn queued_reads_are_written_within_the_flush_interval_and_on_close() {
     }
 
     let slow = AuditLog::start_with(Arc::clone(&store), clock, Duration::from_secs(3600));
-    slow.read(read_of("conn_b", 200)).await;
+    slow.read(read_of("conn_b", 200));
     slow.close().await;
     assert_eq!(listed(&store).await.len(), 2, "close writes what is queued");
 }
@@ -111,4 +111,31 @@ fn long_fields_are_cut_at_a_character_boundary() {
     assert!(cut_text.len() <= MAX_FIELD_LEN);
     assert!(cut_text.chars().all(|c| c == 'é'));
     assert_eq!(cut("short".into()), "short");
+}
+
+#[tokio::test]
+async fn reads_that_find_the_queue_full_are_not_waited_for_but_counted_in_the_log() {
+    let (store, _dir) = store().await;
+    let clock = Arc::new(ManualClock::new(datetime!(2026-01-01 12:00:00 UTC)));
+    // On this single-threaded runtime the writer does not run before the
+    // first await: two reads fill the queue, three find it full.
+    let audit = AuditLog::start_bounded(Arc::clone(&store), clock, Duration::from_secs(3600), 2);
+    for _ in 0..5 {
+        audit.read(read_of("conn_a", 200));
+    }
+    assert!(audit.flush().await);
+
+    let summary: Vec<_> = listed(&store)
+        .await
+        .iter()
+        .rev()
+        .map(|r| (r.entry.actor.clone(), r.entry.action.clone(), r.entry.count))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("0123456789ab".to_owned(), "token.read".to_owned(), 2),
+            (SELF_ACTOR.to_owned(), "audit.reads_dropped".to_owned(), 3),
+        ]
+    );
 }
