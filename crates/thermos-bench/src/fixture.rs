@@ -289,5 +289,6 @@ fn sealed(key: &MasterKey, i: usize, row: Row, now: OffsetDateTime) -> NewConnec
         metadata: serde_json::json!({}),
         next_refresh_at: row.next_refresh_at,
         grant: Default::default(),
+        refresh_token_expires_at: None,
     }
 }

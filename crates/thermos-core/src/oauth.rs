@@ -469,11 +469,15 @@ fn token_grant(
         }
         _ => None,
     };
-    let refresh_token_expires_in = ["refresh_token_expires_in", "x_refresh_token_expires_in"]
+    // GitHub, Microsoft: `refresh_token_expires_in`; QuickBooks (Intuit):
+    // `x_refresh_token_expires_in`; Keycloak: `refresh_expires_in`, where 0
+    // means an offline token that does not expire (so 0 is "not stated").
+    let refresh_token_expires_in = REFRESH_TOKEN_LIFETIME_FIELDS
         .iter()
         .find_map(|key| map.get(*key).filter(|v| !v.is_null()))
         .and_then(|raw| match seconds(raw) {
             Some(secs) if secs > 0 => Some(Duration::from_secs(secs.unsigned_abs())),
+            Some(0) => None,
             _ => {
                 warnings.push("refresh_token_expires_in is not a positive number; ignored");
                 None
@@ -551,6 +555,14 @@ fn seconds(raw: &Value) -> Option<i64> {
         _ => None,
     }
 }
+
+/// The fields a token response states its refresh token's lifetime in
+/// (seconds), the first one present wins.
+pub const REFRESH_TOKEN_LIFETIME_FIELDS: [&str; 3] = [
+    "refresh_token_expires_in",
+    "x_refresh_token_expires_in",
+    "refresh_expires_in",
+];
 
 /// An absolute expiry: Unix seconds (number or string; milliseconds when
 /// implausibly large) or an RFC 3339 string.
@@ -680,6 +692,30 @@ mod tests {
             r#"{{"access_token":"{ACCESS}","refresh_token":"{REFRESH}","expires_in":3600,"x_refresh_token_expires_in":"8726400","token_type":"bearer"}}"#
         );
         assert_eq!(refreshed(200, &body).refresh_token_expires_in, Some(secs(8_726_400)));
+    }
+
+    #[test]
+    fn keycloak_refresh_expires_in_is_read_and_its_zero_means_not_stated() {
+        let body = format!(
+            r#"{{"access_token":"{ACCESS}","refresh_token":"{REFRESH}","expires_in":300,"refresh_expires_in":1800,"token_type":"Bearer","not-before-policy":0}}"#
+        );
+        assert_eq!(refreshed(200, &body).refresh_token_expires_in, Some(secs(1800)));
+        let offline = format!(
+            r#"{{"access_token":"{ACCESS}","refresh_token":"{REFRESH}","expires_in":300,"refresh_expires_in":0,"token_type":"Bearer"}}"#
+        );
+        let grant = refreshed(200, &offline);
+        assert_eq!(grant.refresh_token_expires_in, None);
+        assert!(grant.warnings.is_empty(), "{:?}", grant.warnings);
+    }
+
+    #[test]
+    fn a_negative_refresh_token_lifetime_is_ignored_with_a_warning() {
+        let body = format!(
+            r#"{{"access_token":"{ACCESS}","refresh_token":"{REFRESH}","expires_in":3600,"refresh_token_expires_in":-5}}"#
+        );
+        let grant = refreshed(200, &body);
+        assert_eq!(grant.refresh_token_expires_in, None);
+        assert_eq!(grant.warnings.len(), 1);
     }
 
     #[test]

@@ -24,6 +24,36 @@ pub const JITTER_SHARE: f64 = 0.10;
 /// transit time.
 pub const EXPIRY_SKEW: Duration = Duration::from_secs(5);
 
+/// Default lead before a refresh token's expiry at which
+/// `connection.refresh_token_expiring` is emitted.
+pub const DEFAULT_REFRESH_TOKEN_WARN_BEFORE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Share of the keep-alive interval used as the upper bound of its jitter
+/// (30 days: up to 14.4 hours earlier), so connections imported together do
+/// not all come due in the same second.
+pub const KEEP_ALIVE_JITTER_SHARE: f64 = 0.02;
+
+/// What a provider app does about the lifetime of its refresh tokens
+/// (`keep_alive`, `refresh_token_warn_before` in its config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshTokenRules {
+    /// Refresh a connection at least this often, however long its access
+    /// token lives (for providers that revoke refresh tokens left unused);
+    /// `None`: no keep-alive.
+    pub keep_alive: Option<Duration>,
+    /// Emit `connection.refresh_token_expiring` this long before a known
+    /// refresh-token expiry.
+    pub warn_before: Duration,
+}
+
+impl Default for RefreshTokenRules {
+    fn default() -> Self {
+        Self {
+            keep_alive: None,
+            warn_before: DEFAULT_REFRESH_TOKEN_WARN_BEFORE,
+        }
+    }
+}
+
 /// The refresh rules of one Thermos instance (from `[refresh]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefreshPolicy {
@@ -88,6 +118,41 @@ pub fn next_refresh_at(
     let lead = margin.min(lifetime / 2);
     let spread = lead.mul_f64(JITTER_SHARE * jitter.0);
     (expires_at - lead - spread).max(issued_at)
+}
+
+/// When to refresh a connection, all rules together: the earliest of
+/// - the access token's rule ([`next_refresh_at`]);
+/// - the keep-alive: `issued_at` (the last refresh, or the import) +
+///   `keep_alive`, less up to [`KEEP_ALIVE_JITTER_SHARE`] of it;
+/// - the refresh token's expiry less the margin (and its jitter), so a
+///   provider that hands out a new refresh token on each refresh renews it
+///   in time, and one that does not answers `invalid_grant` then (the
+///   connection needs reauth at once, not when the access token runs out).
+///   Applied only while that moment is after `issued_at`: a refresh token
+///   already that close to (or past) its expiry at planning time adds no
+///   refresh (which would otherwise repeat until it expired).
+///
+/// Never before `issued_at`.
+pub fn plan_refresh(
+    issued_at: OffsetDateTime,
+    expires_at: OffsetDateTime,
+    margin: Duration,
+    jitter: Jitter,
+    keep_alive: Option<Duration>,
+    refresh_token_expires_at: Option<OffsetDateTime>,
+) -> OffsetDateTime {
+    let mut at = next_refresh_at(issued_at, expires_at, margin, jitter);
+    if let Some(keep_alive) = keep_alive.filter(|k| !k.is_zero()) {
+        let spread = keep_alive.mul_f64(KEEP_ALIVE_JITTER_SHARE * jitter.0);
+        at = at.min(issued_at + keep_alive - spread);
+    }
+    if let Some(rt_expires_at) = refresh_token_expires_at {
+        let before = rt_expires_at - margin - margin.mul_f64(JITTER_SHARE * jitter.0);
+        if before > issued_at {
+            at = at.min(before);
+        }
+    }
+    at.max(issued_at)
 }
 
 /// What to do after a failed refresh.
@@ -228,6 +293,71 @@ mod tests {
         let policy = RefreshPolicy::default();
         let plan = after_transient_failure(&policy, 1, T0, Some(secs(120)), Jitter::NONE);
         assert_eq!(plan.next_attempt_at, T0 + secs(120));
+    }
+
+    const DAY: u64 = 24 * 3600;
+
+    #[test]
+    fn without_keep_alive_or_refresh_token_expiry_the_access_token_rule_decides() {
+        let at = plan_refresh(T0, T0 + secs(30 * DAY), DEFAULT_MARGIN, Jitter::NONE, None, None);
+        assert_eq!(at, T0 + secs(30 * DAY) - DEFAULT_MARGIN);
+        assert_eq!(
+            plan_refresh(T0, T0 + secs(3600), DEFAULT_MARGIN, Jitter::new(0.5), None, None),
+            next_refresh_at(T0, T0 + secs(3600), DEFAULT_MARGIN, Jitter::new(0.5))
+        );
+    }
+
+    #[test]
+    fn keep_alive_refreshes_a_long_lived_access_token_at_the_keep_alive_interval() {
+        let at = plan_refresh(
+            T0,
+            T0 + secs(90 * DAY),
+            DEFAULT_MARGIN,
+            Jitter::NONE,
+            Some(secs(30 * DAY)),
+            None,
+        );
+        assert_eq!(at, T0 + secs(30 * DAY));
+        let jittered = plan_refresh(
+            T0,
+            T0 + secs(90 * DAY),
+            DEFAULT_MARGIN,
+            Jitter::new(0.99),
+            Some(secs(30 * DAY)),
+            None,
+        );
+        assert!(jittered < T0 + secs(30 * DAY), "{jittered}");
+        assert!(jittered >= T0 + secs(30 * DAY) - secs(30 * DAY).mul_f64(KEEP_ALIVE_JITTER_SHARE));
+    }
+
+    #[test]
+    fn keep_alive_longer_than_the_access_token_changes_nothing() {
+        let at = plan_refresh(
+            T0,
+            T0 + secs(3600),
+            DEFAULT_MARGIN,
+            Jitter::NONE,
+            Some(secs(30 * DAY)),
+            None,
+        );
+        assert_eq!(at, T0 + secs(3300));
+    }
+
+    #[test]
+    fn a_refresh_token_expiring_before_the_access_token_is_refreshed_a_margin_before() {
+        let rt = T0 + secs(10 * DAY);
+        let at = plan_refresh(T0, T0 + secs(90 * DAY), DEFAULT_MARGIN, Jitter::NONE, None, Some(rt));
+        assert_eq!(at, rt - DEFAULT_MARGIN);
+        let later = plan_refresh(T0, T0 + secs(3600), DEFAULT_MARGIN, Jitter::NONE, None, Some(rt));
+        assert_eq!(later, T0 + secs(3300), "a later refresh-token expiry changes nothing");
+    }
+
+    #[test]
+    fn a_refresh_token_already_within_the_margin_adds_no_refresh() {
+        for rt in [T0 + secs(60), T0 - secs(60)] {
+            let at = plan_refresh(T0, T0 + secs(90 * DAY), DEFAULT_MARGIN, Jitter::NONE, None, Some(rt));
+            assert_eq!(at, T0 + secs(90 * DAY) - DEFAULT_MARGIN, "{rt}");
+        }
     }
 
     #[test]

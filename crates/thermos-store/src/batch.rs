@@ -79,6 +79,7 @@ mod tests {
             metadata: serde_json::json!({}),
             next_refresh_at: OffsetDateTime::UNIX_EPOCH,
             grant: Default::default(),
+            refresh_token_expires_at: None,
         }
     }
 

@@ -128,6 +128,12 @@ pub struct ConnectionRecord {
     pub updated_at: OffsetDateTime,
     /// How the tokens are re-issued; fixed when the connection is created.
     pub grant: ConnectionGrant,
+    /// When the refresh token dies, as the provider said
+    /// (`refresh_token_expires_in`) or the importer gave; `None`: unknown.
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
+    /// When `connection.refresh_token_expiring` was emitted for the current
+    /// `refresh_token_expires_at`; cleared whenever that value changes.
+    pub refresh_token_warned_at: Option<OffsetDateTime>,
 }
 
 /// How a connection's tokens are re-issued (docs/grants.md): the grant type
@@ -164,6 +170,8 @@ pub struct NewConnection {
     /// How the tokens are re-issued ([`ConnectionGrant::default`]: the
     /// user's refresh token).
     pub grant: ConnectionGrant,
+    /// When the refresh token dies, if known.
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
 }
 
 /// New token columns, from a refresh or a user's reconnect.
@@ -182,6 +190,26 @@ pub struct TokenUpdate {
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub next_refresh_at: OffsetDateTime,
+    /// When the refresh token dies. In [`Store::finish_refresh`], `None`
+    /// keeps the stored value when `refresh_token` is `None` too (the
+    /// refresh token did not change) and clears it when a new refresh token
+    /// came without a lifetime; in [`Store::replace_tokens`], `None` clears
+    /// it. Whenever the stored value changes, `refresh_token_warned_at` is
+    /// cleared.
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
+}
+
+/// One `connection.refresh_token_expiring` warning to record
+/// ([`Store::warn_refresh_tokens`]).
+#[derive(Debug, Clone)]
+pub struct RefreshTokenWarning {
+    pub id: ConnectionId,
+    /// The `refresh_token_expires_at` warned about: the mark applies only
+    /// while it is still the stored one.
+    pub refresh_token_expires_at: OffsetDateTime,
+    /// The events to write with the mark (none for a connection that need
+    /// not hear of it, e.g. one that already needs reauth).
+    pub events: Vec<NewEvent>,
 }
 
 /// The state written after a failed refresh.
@@ -361,6 +389,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: OffsetDateTime,
         events: Vec<NewEvent>,
     ) -> StoreResult<Option<ConnectionRecord>>;
+
+    /// Connections of `provider` whose refresh token expires at or before
+    /// `before` and that were not warned for that expiry
+    /// (`refresh_token_warned_at` is NULL), any status, earliest expiry
+    /// first, at most `limit`. One range scan of a partial index.
+    async fn expiring_refresh_tokens(
+        &self,
+        provider: &str,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<Vec<ConnectionRecord>>;
+
+    /// Marks each warning's connection warned at `now` if its
+    /// `refresh_token_expires_at` is still the one warned about and it was
+    /// not warned yet, and writes that warning's events only then; all in
+    /// one transaction. Neither the version nor `updated_at` change.
+    /// Returns how many were marked.
+    async fn warn_refresh_tokens(&self, warnings: Vec<RefreshTokenWarning>, now: OffsetDateTime) -> StoreResult<u64>;
 
     /// Clears failures, sets status `active` and makes it due at `now`.
     /// The version and any lease are left as they are. `None` if missing.

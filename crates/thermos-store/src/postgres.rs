@@ -36,6 +36,7 @@ mod finish_batch;
 mod instance;
 mod outbox;
 mod refresh;
+mod refresh_token;
 mod reseal;
 mod row;
 mod run;
@@ -265,6 +266,23 @@ impl Store for PgStore {
         events: Vec<NewEvent>,
     ) -> StoreResult<Option<ConnectionRecord>> {
         connection::replace_tokens(self, id, tokens, now, events).await
+    }
+
+    async fn expiring_refresh_tokens(
+        &self,
+        provider: &str,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> StoreResult<Vec<ConnectionRecord>> {
+        refresh_token::expiring(self, provider, before, limit).await
+    }
+
+    async fn warn_refresh_tokens(
+        &self,
+        warnings: Vec<crate::RefreshTokenWarning>,
+        now: OffsetDateTime,
+    ) -> StoreResult<u64> {
+        refresh_token::warn(self, warnings, now).await
     }
 
     async fn reset_connection(&self, id: ConnectionId, now: OffsetDateTime) -> StoreResult<Option<ConnectionRecord>> {

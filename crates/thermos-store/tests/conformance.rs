@@ -217,6 +217,8 @@ async fn a_new_connection_is_active_at_version_one_and_reads_back_as_inserted(st
         created_at: at(5),
         updated_at: at(5),
         grant: Default::default(),
+        refresh_token_expires_at: None,
+        refresh_token_warned_at: None,
     };
     assert_eq!(inserted, expected);
     assert_eq!(get(&*store, new.id).await, expected);

@@ -103,6 +103,7 @@ impl Fixture {
             metadata: json!({}),
             next_refresh_at: now,
             grant: Default::default(),
+            refresh_token_expires_at: None,
         };
         self.store.insert_connection(new, now, vec![]).await.unwrap();
         let Claim::Claimed(record) = self

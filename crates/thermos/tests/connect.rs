@@ -564,6 +564,7 @@ async fn a_connection_with_a_machine_grant_is_not_reconnected_by_a_user() {
             grant_type: GrantType::ClientCredentials,
             params: None,
         },
+        refresh_token_expires_at: None,
     };
     app.engine
         .store()

@@ -77,6 +77,7 @@ impl Setup {
             metadata: serde_json::json!({}),
             next_refresh_at,
             grant: Default::default(),
+            refresh_token_expires_at: None,
         };
         self.store.insert_connection(new, now, Vec::new()).await.unwrap();
         id.to_string()

@@ -29,6 +29,7 @@ fn app_for(provider: &TestProvider, auth_method: AuthMethod) -> ProviderApp {
         default_ttl: DEFAULT_TTL,
         max_concurrency: None,
         rate_limit_per_second: None,
+        refresh_token_rules: Default::default(),
     }
 }
 

@@ -231,6 +231,7 @@ async fn store_with_connections(
             metadata: json!({}),
             next_refresh_at: now + Duration::from_secs(3000),
             grant: Default::default(),
+            refresh_token_expires_at: None,
         };
         store.insert_connection(new, now, Vec::new()).await.unwrap();
         grants.push(grant);

@@ -17,7 +17,7 @@ use crate::{
     ConnectionFilter, ConnectionRecord, NewConnection, StatusCount, StoreError, StoreResult, TokenUpdate, batch,
 };
 
-/// Rows per statement of a batch insert: 14 bound values each, plus `now`,
+/// Rows per statement of a batch insert: 15 bound values each, plus `now`,
 /// stays under PostgreSQL's limit of 65,535 bound parameters.
 const ROWS_PER_INSERT: usize = 2000;
 
@@ -31,8 +31,8 @@ pub(super) async fn insert(
     let sql = format!(
         "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
          scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
-         version, created_at, updated_at, grant_type, grant_params) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active', $12, 0, 0, 1, $13, $13, $14, $15) \
+         version, created_at, updated_at, grant_type, grant_params, refresh_token_expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active', $12, 0, 0, 1, $13, $13, $14, $15, $16) \
          RETURNING {CONNECTION_COLUMNS}"
     );
     let mut tx = store.begin().await?;
@@ -52,6 +52,7 @@ pub(super) async fn insert(
         .bind(ms(now))
         .bind(new.grant.grant_type.as_str())
         .bind(&new.grant.params)
+        .bind(row::opt_ms(new.refresh_token_expires_at))
         .fetch_one(&mut *tx)
         .await
         .map_err(conflict_or)?;
@@ -93,7 +94,8 @@ pub(super) async fn insert_many(
                 .bind(&new.metadata)
                 .bind(ms(new.next_refresh_at))
                 .bind(new.grant.grant_type.as_str())
-                .bind(&new.grant.params);
+                .bind(&new.grant.params)
+                .bind(row::opt_ms(new.refresh_token_expires_at));
         }
         let inserted = query.fetch_all(&mut *tx).await?;
         // Dropping the transaction rolls it back.
@@ -108,23 +110,23 @@ pub(super) async fn insert_many(
 
 /// A multi-row insert of `rows` connections that skips (and so does not
 /// return the id of) a row hitting a unique constraint: `$1` is `now`, then
-/// 14 values a row.
+/// 15 values a row.
 fn insert_many_sql(rows: usize) -> String {
     use std::fmt::Write as _;
     let mut sql = String::from(
         "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
          scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
-         version, created_at, updated_at, grant_type, grant_params) VALUES ",
+         version, created_at, updated_at, grant_type, grant_params, refresh_token_expires_at) VALUES ",
     );
     for row in 0..rows {
-        let p = 2 + row * 14;
+        let p = 2 + row * 15;
         if row > 0 {
             sql.push_str(", ");
         }
         // Writing to a String cannot fail.
         let _ = write!(
             sql,
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'active', ${}, 0, 0, 1, $1, $1, ${}, ${})",
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'active', ${}, 0, 0, 1, $1, $1, ${}, ${}, ${})",
             p,
             p + 1,
             p + 2,
@@ -138,7 +140,8 @@ fn insert_many_sql(rows: usize) -> String {
             p + 10,
             p + 11,
             p + 12,
-            p + 13
+            p + 13,
+            p + 14
         );
     }
     sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
@@ -201,7 +204,9 @@ pub(super) async fn replace_tokens(
         "UPDATE connections SET access_token = $2, refresh_token = $3, token_type = $4, scope = $5, \
            issued_at = $6, expires_at = $7, next_refresh_at = $8, status = 'active', consecutive_failures = 0, \
            last_error_code = NULL, last_error_message = NULL, last_error_http_status = NULL, last_error_at = NULL, \
-           version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = $9 \
+           version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = $9, \
+           refresh_token_expires_at = $10, refresh_token_warned_at = CASE \
+             WHEN $10::timestamptz IS NOT DISTINCT FROM refresh_token_expires_at THEN refresh_token_warned_at END \
          WHERE id = $1 RETURNING {CONNECTION_COLUMNS}"
     );
     let mut tx = store.begin().await?;
@@ -215,6 +220,7 @@ pub(super) async fn replace_tokens(
         .bind(ms(tokens.expires_at))
         .bind(ms(tokens.next_refresh_at))
         .bind(ms(now))
+        .bind(row::opt_ms(tokens.refresh_token_expires_at))
         .fetch_optional(&mut *tx)
         .await?;
     let record = updated.as_ref().map(row::connection).transpose()?;

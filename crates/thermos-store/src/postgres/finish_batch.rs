@@ -105,17 +105,29 @@ async fn commit_together(pool: &PgPool, finishes: &[Finish]) -> StoreResult<Vec<
            next_refresh_at = v.new_next, status = 'active', consecutive_failures = 0, last_error_code = NULL, \
            last_error_message = NULL, last_error_http_status = NULL, last_error_at = NULL, \
            refresh_count = connections.refresh_count + 1, last_refreshed_at = v.new_issued, \
-           version = connections.version + 1, lease_owner = NULL, lease_until = NULL, updated_at = v.new_issued \
+           version = connections.version + 1, lease_owner = NULL, lease_until = NULL, updated_at = v.new_issued, \
+           refresh_token_expires_at = CASE WHEN v.new_rt_expires IS NULL AND v.new_refresh IS NULL \
+             THEN connections.refresh_token_expires_at ELSE v.new_rt_expires END, \
+           refresh_token_warned_at = CASE WHEN v.new_rt_expires IS NULL AND v.new_refresh IS NULL \
+             THEN connections.refresh_token_warned_at \
+             WHEN v.new_rt_expires IS NOT DISTINCT FROM connections.refresh_token_expires_at \
+             THEN connections.refresh_token_warned_at END \
          FROM UNNEST($1::text[], $2::int8[], $3::bytea[], $4::bytea[], $5::text[], $6::text[], \
-                     $7::timestamptz[], $8::timestamptz[], $9::timestamptz[]) \
-           AS v(new_id, expected_version, new_access, new_refresh, new_type, new_scope, new_issued, new_expires, new_next) \
+                     $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[]) \
+           AS v(new_id, expected_version, new_access, new_refresh, new_type, new_scope, new_issued, new_expires, \
+                new_next, new_rt_expires) \
          WHERE connections.id = v.new_id AND connections.version = v.expected_version \
          RETURNING {}",
         qualified(CONNECTION_COLUMNS)
     ))
     .bind(&ids)
     .bind(finishes.iter().map(|f| f.expected_version).collect::<Vec<_>>())
-    .bind(finishes.iter().map(|f| f.tokens.access_token.as_bytes().to_vec()).collect::<Vec<_>>())
+    .bind(
+        finishes
+            .iter()
+            .map(|f| f.tokens.access_token.as_bytes().to_vec())
+            .collect::<Vec<_>>(),
+    )
     .bind(
         finishes
             .iter()
@@ -127,6 +139,12 @@ async fn commit_together(pool: &PgPool, finishes: &[Finish]) -> StoreResult<Vec<
     .bind(times(|f| f.tokens.issued_at))
     .bind(times(|f| f.tokens.expires_at))
     .bind(times(|f| f.tokens.next_refresh_at))
+    .bind(
+        finishes
+            .iter()
+            .map(|f| row::opt_ms(f.tokens.refresh_token_expires_at))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *tx)
     .await?;
     for returned in &returned {

@@ -49,7 +49,11 @@ pub(super) async fn finish(
            scope = COALESCE($6, scope), issued_at = $7, expires_at = $8, next_refresh_at = $9, status = 'active', \
            consecutive_failures = 0, last_error_code = NULL, last_error_message = NULL, \
            last_error_http_status = NULL, last_error_at = NULL, refresh_count = refresh_count + 1, \
-           last_refreshed_at = $7, version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = $7 \
+           last_refreshed_at = $7, version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = $7, \
+           refresh_token_expires_at = CASE WHEN $10::timestamptz IS NULL AND $4::bytea IS NULL \
+             THEN refresh_token_expires_at ELSE $10 END, \
+           refresh_token_warned_at = CASE WHEN $10::timestamptz IS NULL AND $4::bytea IS NULL THEN refresh_token_warned_at \
+             WHEN $10::timestamptz IS NOT DISTINCT FROM refresh_token_expires_at THEN refresh_token_warned_at END \
          WHERE id = $1 AND version = $2 RETURNING {CONNECTION_COLUMNS}"
     );
     let mut tx = pool.begin().await?;
@@ -67,6 +71,7 @@ pub(super) async fn finish(
         .bind(ms(tokens.issued_at))
         .bind(ms(tokens.expires_at))
         .bind(ms(tokens.next_refresh_at))
+        .bind(row::opt_ms(tokens.refresh_token_expires_at))
         .fetch_optional(&mut *tx)
         .await?;
     let outcome = match updated {

@@ -21,7 +21,8 @@ use crate::{AttemptRecord, ConnectionGrant, ConnectionRecord, LastError, NewAtte
 pub(super) const CONNECTION_COLUMNS: &str = "id, project, provider, external_id, access_token, refresh_token, \
      token_type, scope, issued_at, expires_at, metadata, status, next_refresh_at, last_refreshed_at, \
      refresh_count, consecutive_failures, last_error_code, last_error_message, last_error_http_status, \
-     last_error_at, version, lease_owner, lease_until, created_at, updated_at, grant_type, grant_params";
+     last_error_at, version, lease_owner, lease_until, created_at, updated_at, grant_type, grant_params, \
+     refresh_token_expires_at, refresh_token_warned_at";
 
 /// The columns of `refresh_attempts`.
 pub(super) const ATTEMPT_COLUMNS: &str =
@@ -126,6 +127,8 @@ pub(super) fn connection(row: &PgRow) -> StoreResult<ConnectionRecord> {
             grant_type,
             params: grant_params,
         },
+        refresh_token_expires_at: row.try_get("refresh_token_expires_at")?,
+        refresh_token_warned_at: row.try_get("refresh_token_warned_at")?,
         id,
     })
 }

@@ -178,9 +178,10 @@ pub(super) async fn connect_connection(
             let inserted = sqlx::query(&format!(
                 "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, \
                    token_type, scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, \
-                   consecutive_failures, version, created_at, updated_at, grant_type, grant_params) \
+                   consecutive_failures, version, created_at, updated_at, grant_type, grant_params, \
+                   refresh_token_expires_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13, \
-                   ?14, ?15) \
+                   ?14, ?15, ?16) \
                  ON CONFLICT DO NOTHING RETURNING {CONNECTION_COLUMNS}"
             ))
             .bind(new.id.to_string())
@@ -205,6 +206,7 @@ pub(super) async fn connect_connection(
                     .transpose()
                     .map_err(|e| StoreError::Corrupt(format!("grant_params cannot be serialised: {e}")))?,
             )
+            .bind(row::opt_millis(new.refresh_token_expires_at))
             .fetch_optional(&mut *tx)
             .await?;
             match inserted {
@@ -222,7 +224,9 @@ pub(super) async fn connect_connection(
                    issued_at = ?7, expires_at = ?8, next_refresh_at = ?9, status = 'active', \
                    consecutive_failures = 0, last_error_code = NULL, last_error_message = NULL, \
                    last_error_http_status = NULL, last_error_at = NULL, version = version + 1, \
-                   lease_owner = NULL, lease_until = NULL, updated_at = ?10 \
+                   lease_owner = NULL, lease_until = NULL, updated_at = ?10, refresh_token_expires_at = ?11, \
+                   refresh_token_warned_at = \
+                     CASE WHEN ?11 IS refresh_token_expires_at THEN refresh_token_warned_at END \
                  WHERE id = ?1 AND version = ?2 RETURNING {CONNECTION_COLUMNS}"
             ))
             .bind(id.to_string())
@@ -235,6 +239,7 @@ pub(super) async fn connect_connection(
             .bind(row::millis(tokens.expires_at))
             .bind(row::millis(tokens.next_refresh_at))
             .bind(at)
+            .bind(row::opt_millis(tokens.refresh_token_expires_at))
             .fetch_optional(&mut *tx)
             .await?;
             match updated {

@@ -16,7 +16,7 @@ use crate::{
     ConnectionFilter, ConnectionRecord, NewConnection, StatusCount, StoreError, StoreResult, TokenUpdate, batch,
 };
 
-/// Rows per statement of a batch insert: 16 bound values each stay well
+/// Rows per statement of a batch insert: 17 bound values each stay well
 /// under SQLite's limit of 32,766 bound parameters.
 const ROWS_PER_INSERT: usize = 1000;
 
@@ -33,8 +33,8 @@ pub(super) async fn insert(
     let sql = format!(
         "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
          scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
-         version, created_at, updated_at, grant_type, grant_params) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13, ?14, ?15) \
+         version, created_at, updated_at, grant_type, grant_params, refresh_token_expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13, ?14, ?15, ?16) \
          RETURNING {CONNECTION_COLUMNS}"
     );
     let mut tx = store.begin_write().await?;
@@ -54,6 +54,7 @@ pub(super) async fn insert(
         .bind(now)
         .bind(new.grant.grant_type.as_str())
         .bind(grant_params(&new)?)
+        .bind(row::opt_millis(new.refresh_token_expires_at))
         .fetch_one(&mut *tx)
         .await
         .map_err(conflict_or)?;
@@ -98,7 +99,8 @@ pub(super) async fn insert_many(
                 .bind(now)
                 .bind(now)
                 .bind(new.grant.grant_type.as_str())
-                .bind(grant_params(new)?);
+                .bind(grant_params(new)?)
+                .bind(row::opt_millis(new.refresh_token_expires_at));
         }
         let inserted = query.fetch_all(&mut *tx).await?;
         // Dropping the transaction rolls it back.
@@ -112,16 +114,16 @@ pub(super) async fn insert_many(
 }
 
 /// A multi-row insert of `rows` connections that skips (and so does not
-/// return the id of) a row hitting a unique constraint: 16 values a row.
+/// return the id of) a row hitting a unique constraint: 17 values a row.
 /// The parameters are anonymous (`?`): binding a numbered one (`?N`) makes
 /// SQLite look its name up in a list of every numbered parameter, which made
 /// a statement's binding quadratic in its size.
 fn insert_many_sql(rows: usize) -> String {
-    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, 0, 0, 1, ?, ?, ?, ?)";
+    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, 0, 0, 1, ?, ?, ?, ?, ?)";
     let mut sql = String::from(
         "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
          scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
-         version, created_at, updated_at, grant_type, grant_params) VALUES ",
+         version, created_at, updated_at, grant_type, grant_params, refresh_token_expires_at) VALUES ",
     );
     sql.push_str(&vec![ROW; rows].join(", "));
     sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
@@ -191,7 +193,9 @@ pub(super) async fn replace_tokens(
         "UPDATE connections SET access_token = ?2, refresh_token = ?3, token_type = ?4, scope = ?5, \
            issued_at = ?6, expires_at = ?7, next_refresh_at = ?8, status = 'active', consecutive_failures = 0, \
            last_error_code = NULL, last_error_message = NULL, last_error_http_status = NULL, last_error_at = NULL, \
-           version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?9 \
+           version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?9, \
+           refresh_token_expires_at = ?10, \
+           refresh_token_warned_at = CASE WHEN ?10 IS refresh_token_expires_at THEN refresh_token_warned_at END \
          WHERE id = ?1 RETURNING {CONNECTION_COLUMNS}"
     );
     let mut tx = store.begin_write().await?;
@@ -205,6 +209,7 @@ pub(super) async fn replace_tokens(
         .bind(row::millis(tokens.expires_at))
         .bind(row::millis(tokens.next_refresh_at))
         .bind(row::millis(now))
+        .bind(row::opt_millis(tokens.refresh_token_expires_at))
         .fetch_optional(&mut *tx)
         .await?;
     let record = updated.as_ref().map(row::connection).transpose()?;

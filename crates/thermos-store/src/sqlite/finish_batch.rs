@@ -72,7 +72,8 @@ async fn commit_together(writer: &SqlitePool, finishes: &[Finish]) -> StoreResul
             .bind(&tokens.scope)
             .bind(row::millis(tokens.issued_at))
             .bind(row::millis(tokens.expires_at))
-            .bind(row::millis(tokens.next_refresh_at));
+            .bind(row::millis(tokens.next_refresh_at))
+            .bind(row::opt_millis(tokens.refresh_token_expires_at));
     }
     let mut updated = HashMap::with_capacity(finishes.len());
     for returned in update.fetch_all(&mut *tx).await? {
@@ -125,10 +126,15 @@ fn update_sql(rows: usize) -> String {
            expires_at = v.column8, next_refresh_at = v.column9, status = 'active', consecutive_failures = 0, \
            last_error_code = NULL, last_error_message = NULL, last_error_http_status = NULL, last_error_at = NULL, \
            refresh_count = connections.refresh_count + 1, last_refreshed_at = v.column7, \
-           version = connections.version + 1, lease_owner = NULL, lease_until = NULL, updated_at = v.column7 \
+           version = connections.version + 1, lease_owner = NULL, lease_until = NULL, updated_at = v.column7, \
+           refresh_token_expires_at = CASE WHEN v.column10 IS NULL AND v.column4 IS NULL \
+             THEN connections.refresh_token_expires_at ELSE v.column10 END, \
+           refresh_token_warned_at = CASE WHEN v.column10 IS NULL AND v.column4 IS NULL \
+             THEN connections.refresh_token_warned_at \
+             WHEN v.column10 IS connections.refresh_token_expires_at THEN connections.refresh_token_warned_at END \
          FROM (VALUES {}) AS v \
          WHERE connections.id = v.column1 AND connections.version = v.column2 \
          RETURNING {CONNECTION_COLUMNS}",
-        values(rows, 9)
+        values(rows, 10)
     )
 }

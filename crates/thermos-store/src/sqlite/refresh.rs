@@ -36,7 +36,8 @@ pub(super) async fn finish(
            scope = COALESCE(?6, scope), issued_at = ?7, expires_at = ?8, next_refresh_at = ?9, status = 'active', \
            consecutive_failures = 0, last_error_code = NULL, last_error_message = NULL, \
            last_error_http_status = NULL, last_error_at = NULL, refresh_count = refresh_count + 1, \
-           last_refreshed_at = ?7, version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?7 \
+           last_refreshed_at = ?7, version = version + 1, lease_owner = NULL, lease_until = NULL, updated_at = ?7, \
+           {REFRESH_TOKEN_LIFETIME} \
          WHERE id = ?1 AND version = ?2 RETURNING {CONNECTION_COLUMNS}"
     );
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
@@ -51,6 +52,7 @@ pub(super) async fn finish(
         .bind(row::millis(tokens.issued_at))
         .bind(row::millis(tokens.expires_at))
         .bind(row::millis(tokens.next_refresh_at))
+        .bind(row::opt_millis(tokens.refresh_token_expires_at))
         .fetch_optional(&mut *tx)
         .await?;
     let outcome = match updated {
@@ -64,6 +66,17 @@ pub(super) async fn finish(
     tx.commit().await?;
     Ok(outcome)
 }
+
+/// The refresh token's lifetime after a refresh (`?4` the new refresh
+/// token, `?10` its expiry): a given expiry is stored; none keeps the stored
+/// one when the refresh token did not change and clears it when a new one
+/// came without a lifetime. The warning mark goes when the expiry changes.
+/// The group commit (`finish_batch.rs`) applies the same rule.
+pub(super) const REFRESH_TOKEN_LIFETIME: &str = "\
+    refresh_token_expires_at = CASE WHEN ?10 IS NULL AND ?4 IS NULL \
+      THEN connections.refresh_token_expires_at ELSE ?10 END, \
+    refresh_token_warned_at = CASE WHEN ?10 IS NULL AND ?4 IS NULL THEN connections.refresh_token_warned_at \
+      WHEN ?10 IS connections.refresh_token_expires_at THEN connections.refresh_token_warned_at END";
 
 /// Records a failed refresh, with its events, if the version is still
 /// `expected_version`.

@@ -20,7 +20,8 @@ use crate::{AttemptRecord, ConnectionGrant, ConnectionRecord, LastError, NewAtte
 pub(super) const CONNECTION_COLUMNS: &str = "id, project, provider, external_id, access_token, refresh_token, \
      token_type, scope, issued_at, expires_at, metadata, status, next_refresh_at, last_refreshed_at, \
      refresh_count, consecutive_failures, last_error_code, last_error_message, last_error_http_status, \
-     last_error_at, version, lease_owner, lease_until, created_at, updated_at, grant_type, grant_params";
+     last_error_at, version, lease_owner, lease_until, created_at, updated_at, grant_type, grant_params, \
+     refresh_token_expires_at, refresh_token_warned_at";
 
 /// The columns of `refresh_attempts`.
 pub(super) const ATTEMPT_COLUMNS: &str =
@@ -129,6 +130,8 @@ pub(super) fn connection(row: &SqliteRow) -> StoreResult<ConnectionRecord> {
             grant_type,
             params: grant_params,
         },
+        refresh_token_expires_at: opt_time_at(row, "refresh_token_expires_at")?,
+        refresh_token_warned_at: opt_time_at(row, "refresh_token_warned_at")?,
         id,
     })
 }

@@ -251,6 +251,7 @@ pub fn connection(external_id: &str) -> NewConnection {
         metadata: serde_json::json!({ "team": "blue", "seats": 3 }),
         next_refresh_at: at(3300),
         grant: Default::default(),
+        refresh_token_expires_at: None,
     }
 }
 
@@ -272,6 +273,7 @@ pub fn tokens(access: &str, issued: i64) -> TokenUpdate {
         issued_at: at(issued),
         expires_at: at(issued + 3600),
         next_refresh_at: at(issued + 3300),
+        refresh_token_expires_at: None,
     }
 }
 

@@ -366,6 +366,7 @@ mod tests {
             default_ttl: crate::provider::DEFAULT_TTL,
             max_concurrency: Some(4),
             rate_limit_per_second: None,
+            refresh_token_rules: Default::default(),
         }
     }
 

@@ -69,12 +69,15 @@ pub async fn create(
     let id = ConnectionId::generate();
     let grant = grants::parse(&state.engine, id, &mut body, app.as_deref(), &mut problems);
     let tokens = body.tokens();
+    let keep_alive = app.as_ref().and_then(|a| a.refresh_token_rules.keep_alive);
     let default_ttl = app.map(|a| a.default_ttl).unwrap_or(crate::provider::DEFAULT_TTL);
     let now = truncate_ms(state.engine.now());
     let sealed = match &tokens {
         Some(tokens) => {
             let lifetime = token_lifetime(tokens, now, default_ttl, &mut problems);
-            lifetime.map(|(issued_at, expires_at)| seal_tokens(&state.engine, id, tokens, issued_at, expires_at))
+            lifetime.map(|(issued_at, expires_at)| {
+                seal_tokens(&state.engine, id, tokens, (issued_at, expires_at), keep_alive)
+            })
         }
         // A machine grant without a token: an expired placeholder, due now;
         // the first token is issued below, before answering.
@@ -101,6 +104,7 @@ pub async fn create(
         metadata,
         next_refresh_at: sealed.next_refresh_at,
         grant: grant.stored,
+        refresh_token_expires_at: sealed.refresh_token_expires_at,
     };
     let subject = events::Subject {
         id,
@@ -153,18 +157,16 @@ pub async fn replace_tokens(
         )));
     }
     let tokens = TokenInput::from(body);
-    let default_ttl = state
-        .engine
-        .provider(&record.provider)
-        .map(|a| a.default_ttl)
-        .unwrap_or(crate::provider::DEFAULT_TTL);
+    let app = state.engine.provider(&record.provider);
+    let keep_alive = app.as_ref().and_then(|a| a.refresh_token_rules.keep_alive);
+    let default_ttl = app.map(|a| a.default_ttl).unwrap_or(crate::provider::DEFAULT_TTL);
     let now = truncate_ms(state.engine.now());
     let mut problems = Vec::new();
     let lifetime = token_lifetime(&tokens, now, default_ttl, &mut problems);
     let Some((issued_at, expires_at)) = lifetime.filter(|_| problems.is_empty()) else {
         return Err(ApiError::bad_request(problems.join("; ")));
     };
-    let update = seal_tokens(&state.engine, id, &tokens, issued_at, expires_at);
+    let update = seal_tokens(&state.engine, id, &tokens, (issued_at, expires_at), keep_alive);
     let saved = state
         .engine
         .store()
@@ -359,7 +361,33 @@ fn token_lifetime(
         (None, Some(at)) => truncate_ms(at.to_offset(time::UtcOffset::UTC)),
         (None, None) => now + default_ttl,
     };
+    let rt_given = tokens.refresh_token_expires_in.is_some() || tokens.refresh_token_expires_at.is_some();
+    if tokens.refresh_token_expires_in.is_some() && tokens.refresh_token_expires_at.is_some() {
+        problems.push("refresh_token_expires_in, refresh_token_expires_at: give one of them, not both".to_owned());
+        return None;
+    }
+    if rt_given && tokens.refresh_token.is_none() {
+        problems.push("refresh_token_expires_in, refresh_token_expires_at: given without a refresh_token".to_owned());
+        return None;
+    }
+    if let Some(secs) = tokens.refresh_token_expires_in
+        && !(1..=MAX_EXPIRES_IN_SECS).contains(&secs)
+    {
+        problems.push(format!(
+            "refresh_token_expires_in: must be 1-{MAX_EXPIRES_IN_SECS} seconds"
+        ));
+        return None;
+    }
     Some((now, expires_at))
+}
+
+/// When a refresh token handed in dies (checked by [`token_lifetime`]).
+fn refresh_token_expiry(tokens: &TokenInput, now: OffsetDateTime) -> Option<OffsetDateTime> {
+    match (tokens.refresh_token_expires_in, tokens.refresh_token_expires_at) {
+        (Some(secs), _) => Some(now + Duration::from_secs(secs.unsigned_abs())),
+        (None, Some(at)) => Some(truncate_ms(at.to_offset(time::UtcOffset::UTC))),
+        (None, None) => None,
+    }
 }
 
 /// Seals tokens handed in for connection `id` and plans their refresh.
@@ -367,10 +395,11 @@ fn seal_tokens(
     engine: &Engine,
     id: ConnectionId,
     tokens: &TokenInput,
-    issued_at: OffsetDateTime,
-    expires_at: OffsetDateTime,
+    (issued_at, expires_at): (OffsetDateTime, OffsetDateTime),
+    keep_alive: Option<Duration>,
 ) -> TokenUpdate {
     let key = engine.key();
+    let refresh_token_expires_at = refresh_token_expiry(tokens, issued_at);
     TokenUpdate {
         access_token: key.seal(&id, Field::AccessToken, &tokens.access_token),
         refresh_token: tokens
@@ -381,15 +410,14 @@ fn seal_tokens(
         scope: tokens.scope.clone(),
         issued_at,
         expires_at,
-        next_refresh_at: plan_refresh(engine, issued_at, expires_at),
+        next_refresh_at: truncate_ms(plan::plan_refresh(
+            issued_at,
+            expires_at,
+            engine.settings().policy.margin,
+            Jitter::random(),
+            keep_alive,
+            refresh_token_expires_at,
+        )),
+        refresh_token_expires_at,
     }
-}
-
-fn plan_refresh(engine: &Engine, issued_at: OffsetDateTime, expires_at: OffsetDateTime) -> OffsetDateTime {
-    truncate_ms(plan::next_refresh_at(
-        issued_at,
-        expires_at,
-        engine.settings().policy.margin,
-        Jitter::random(),
-    ))
 }

@@ -22,6 +22,12 @@ pub struct CreateConnection {
     pub expires_in: Option<i64>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
+    /// How long the refresh token lives, in seconds (or
+    /// `refresh_token_expires_at`); unknown when neither is given.
+    pub refresh_token_expires_in: Option<i64>,
+    /// When the refresh token dies (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
     pub scope: Option<String>,
     pub token_type: Option<String>,
     pub metadata: Option<serde_json::Value>,
@@ -42,6 +48,8 @@ impl CreateConnection {
             refresh_token: self.refresh_token.take(),
             expires_in: self.expires_in,
             expires_at: self.expires_at,
+            refresh_token_expires_in: self.refresh_token_expires_in,
+            refresh_token_expires_at: self.refresh_token_expires_at,
             scope: self.scope.clone(),
             token_type: self.token_type.clone(),
         })
@@ -72,6 +80,12 @@ pub struct ReplaceTokens {
     pub expires_in: Option<i64>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
+    /// How long the new refresh token lives, in seconds (or
+    /// `refresh_token_expires_at`); unknown when neither is given.
+    pub refresh_token_expires_in: Option<i64>,
+    /// When the new refresh token dies (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
     pub scope: Option<String>,
     pub token_type: Option<String>,
 }
@@ -83,6 +97,8 @@ impl From<ReplaceTokens> for TokenInput {
             refresh_token: r.refresh_token,
             expires_in: r.expires_in,
             expires_at: r.expires_at,
+            refresh_token_expires_in: r.refresh_token_expires_in,
+            refresh_token_expires_at: r.refresh_token_expires_at,
             scope: r.scope,
             token_type: r.token_type,
         }
@@ -96,6 +112,10 @@ pub struct TokenInput {
     pub refresh_token: Option<SecretString>,
     pub expires_in: Option<i64>,
     pub expires_at: Option<OffsetDateTime>,
+    /// The refresh token's lifetime in seconds, if stated.
+    pub refresh_token_expires_in: Option<i64>,
+    /// The refresh token's expiry, if stated.
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
     pub scope: Option<String>,
     pub token_type: Option<String>,
 }
@@ -145,6 +165,9 @@ pub struct ConnectionView {
     pub scope: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// When the refresh token dies, if the provider or the importer said.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub next_refresh_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -191,6 +214,7 @@ impl From<&ConnectionRecord> for ConnectionView {
             grant_type: r.grant.grant_type.as_str(),
             scope: r.scope.clone(),
             expires_at: r.expires_at,
+            refresh_token_expires_at: r.refresh_token_expires_at,
             // While leased, the stored due time is the lease's end; show it anyway:
             // it is when the engine will look at the connection next.
             next_refresh_at: r.next_refresh_at,

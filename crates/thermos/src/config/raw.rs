@@ -131,6 +131,8 @@ pub(super) struct RawProvider {
     pub default_ttl: Option<Scalar>,
     pub max_concurrency: Option<Scalar>,
     pub rate_limit_per_second: Option<Scalar>,
+    pub keep_alive: Option<Scalar>,
+    pub refresh_token_warn_before: Option<Scalar>,
 }
 
 /// `[alerts]`.

@@ -195,6 +195,8 @@ mod tests {
             created_at: t,
             updated_at: t,
             grant: Default::default(),
+            refresh_token_expires_at: None,
+            refresh_token_warned_at: None,
         }
     }
 

@@ -69,11 +69,17 @@ pub(super) async fn claim_and_refresh(
             // its result is as fresh as ours would be, and a second refresh
             // would only spend a rotation. Hand the lease back, due when
             // those tokens are (the claim overwrote the plan; same rule).
-            let due = plan::next_refresh_at(
+            let keep_alive = inner
+                .apps
+                .resolve(&record.project, &record.provider)
+                .and_then(|app| keep_alive(&app, &record));
+            let due = plan::plan_refresh(
                 record.issued_at,
                 record.expires_at,
                 inner.settings.policy.margin,
                 Jitter::random(),
+                keep_alive,
+                record.refresh_token_expires_at,
             );
             release(inner, &record, truncate_ms(due)).await;
             Ok(Flight::Superseded)
@@ -168,7 +174,10 @@ async fn attempt(
         }
     };
     match outcome {
-        RefreshOutcome::Refreshed(grant) => commit(inner, &record, trigger, started_at, started, grant).await,
+        RefreshOutcome::Refreshed(grant) => {
+            let keep_alive = keep_alive(&app, &record);
+            commit(inner, &record, trigger, (started_at, started), grant, keep_alive).await
+        }
         // A machine grant rotates nothing, so no other refresh can have
         // raced this one into it. For a JWT-bearer connection the provider
         // refuses the assertion (its key, issuer or subject): nothing
@@ -359,22 +368,46 @@ async fn not_counted(
     defer(inner, record, guard, until, reason).await
 }
 
+/// The app's keep-alive, for a connection with a refresh token to keep
+/// alive (machine grants have none).
+fn keep_alive(app: &ProviderApp, record: &ConnectionRecord) -> Option<std::time::Duration> {
+    app.refresh_token_rules
+        .keep_alive
+        .filter(|_| !record.grant.grant_type.is_machine())
+}
+
 /// Seals and commits a successful refresh, then builds the token to hand out.
 async fn commit(
     inner: &Arc<Inner>,
     record: &ConnectionRecord,
     trigger: Trigger,
-    started_at: OffsetDateTime,
-    started: Instant,
+    (started_at, started): (OffsetDateTime, Instant),
     grant: TokenGrant,
+    keep_alive: Option<std::time::Duration>,
 ) -> FlightResult {
     let issued_at = truncate_ms(inner.clock.now());
     let expires_at = truncate_ms(issued_at + grant.expires_in);
-    let next_refresh_at = truncate_ms(plan::next_refresh_at(
+    let machine = record.grant.grant_type.is_machine();
+    // A stated lifetime is stored; without one, a new refresh token clears
+    // the stored expiry (it was the old token's) and an unchanged one keeps
+    // it (the store applies the same rule to `None`).
+    let refresh_token_expires_at = grant
+        .refresh_token_expires_in
+        .filter(|_| !machine)
+        .map(|lifetime| truncate_ms(issued_at + lifetime));
+    let rotated = grant.refresh_token.is_some() && !machine;
+    let planned_rt_expiry = match (refresh_token_expires_at, rotated) {
+        (Some(at), _) => Some(at),
+        (None, true) => None,
+        (None, false) => record.refresh_token_expires_at,
+    };
+    let next_refresh_at = truncate_ms(plan::plan_refresh(
         issued_at,
         expires_at,
         inner.settings.policy.margin,
         Jitter::random(),
+        keep_alive,
+        planned_rt_expiry,
     ));
     for warning in &grant.warnings {
         warn!(connection_id = %record.id, provider = %record.provider, "token response: {warning}");
@@ -393,6 +426,7 @@ async fn commit(
         issued_at,
         expires_at,
         next_refresh_at,
+        refresh_token_expires_at,
     };
     let attempt = attempt_record(trigger, started_at, started, "refreshed", None, Some(200));
     match inner

@@ -183,6 +183,7 @@ mod tests {
             metadata: serde_json::json!({}),
             next_refresh_at: now - time::Duration::seconds(1),
             grant: Default::default(),
+            refresh_token_expires_at: None,
         };
         store.insert_connection(due, now, Vec::new()).await.unwrap();
         let settings = EngineSettings {

@@ -469,6 +469,7 @@ mod tests {
             default_ttl: Duration::from_secs(3600),
             max_concurrency: None,
             rate_limit_per_second: None,
+            refresh_token_rules: Default::default(),
         };
         let token: SecretString = "rt_abc+def/ghi=".to_owned().into();
         let secrets = secret_forms(&app, &[&token]);

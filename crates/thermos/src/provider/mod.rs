@@ -43,4 +43,7 @@ pub struct ProviderApp {
     pub max_concurrency: Option<u32>,
     /// At most this many refresh requests per second (None: unlimited).
     pub rate_limit_per_second: Option<u32>,
+    /// Keep-alive and the refresh-token expiry warning
+    /// (docs/refresh-token-lifetime.md).
+    pub refresh_token_rules: thermos_core::plan::RefreshTokenRules,
 }

@@ -304,7 +304,7 @@ async fn store_connection(
                 ));
             }
             Some(record) => {
-                let tokens = seal_grant(engine, record.id, grant, now);
+                let tokens = seal_grant(engine, &session.provider, record.id, grant, now);
                 let data = serde_json::json!({
                     "previous_status": record.status.as_str(),
                     "session_id": session.id,
@@ -332,7 +332,7 @@ async fn store_connection(
                     }
                 }
                 let id = ConnectionId::generate();
-                let tokens = seal_grant(engine, id, grant, now);
+                let tokens = seal_grant(engine, &session.provider, id, grant, now);
                 let new = NewConnection {
                     id,
                     project: session.project.clone(),
@@ -348,6 +348,7 @@ async fn store_connection(
                     next_refresh_at: tokens.next_refresh_at,
                     // The user's refresh token, the default grant.
                     grant: Default::default(),
+                    refresh_token_expires_at: tokens.refresh_token_expires_at,
                 };
                 let subject = events::Subject {
                     id,
@@ -377,10 +378,25 @@ async fn store_connection(
     ))
 }
 
-/// Seals the tokens of a code exchange for connection `id` and plans their refresh.
-fn seal_grant(engine: &Engine, id: ConnectionId, grant: &TokenGrant, now: OffsetDateTime) -> TokenUpdate {
+/// Seals the tokens of a code exchange for connection `id` and plans their
+/// refresh (with `provider`'s keep-alive and the refresh token's lifetime,
+/// if the provider stated one).
+fn seal_grant(
+    engine: &Engine,
+    provider: &str,
+    id: ConnectionId,
+    grant: &TokenGrant,
+    now: OffsetDateTime,
+) -> TokenUpdate {
     let key = engine.key();
     let expires_at = truncate_ms(now + grant.expires_in);
+    let refresh_token_expires_at = grant
+        .refresh_token_expires_in
+        .filter(|_| grant.refresh_token.is_some())
+        .map(|lifetime| truncate_ms(now + lifetime));
+    let keep_alive = engine
+        .provider(provider)
+        .and_then(|app| app.refresh_token_rules.keep_alive);
     TokenUpdate {
         access_token: key.seal(&id, Field::AccessToken, &grant.access_token),
         refresh_token: grant
@@ -391,12 +407,15 @@ fn seal_grant(engine: &Engine, id: ConnectionId, grant: &TokenGrant, now: Offset
         scope: grant.scope.clone(),
         issued_at: now,
         expires_at,
-        next_refresh_at: truncate_ms(plan::next_refresh_at(
+        next_refresh_at: truncate_ms(plan::plan_refresh(
             now,
             expires_at,
             engine.settings().policy.margin,
             Jitter::random(),
+            keep_alive,
+            refresh_token_expires_at,
         )),
+        refresh_token_expires_at,
     }
 }
 

@@ -210,5 +210,6 @@ pub(super) fn placeholder(
         issued_at: now,
         expires_at: now,
         next_refresh_at: now,
+        refresh_token_expires_at: None,
     }
 }

@@ -297,6 +297,17 @@ impl Checker {
             p.rate_limit_per_second.as_ref(),
             1,
         );
+        let keep_alive = match p.keep_alive.as_ref() {
+            None => Some(None),
+            Some(raw) => self
+                .duration(&format!("{at}.keep_alive"), Some(raw), std::time::Duration::ZERO)
+                .map(Some),
+        };
+        let warn_before = self.duration(
+            &format!("{at}.refresh_token_warn_before"),
+            p.refresh_token_warn_before.as_ref(),
+            thermos_core::plan::DEFAULT_REFRESH_TOKEN_WARN_BEFORE,
+        );
 
         let app = ProviderApp {
             slug: slug?,
@@ -311,6 +322,10 @@ impl Checker {
             default_ttl: default_ttl?,
             max_concurrency: max_concurrency?,
             rate_limit_per_second: rate_limit_per_second?,
+            refresh_token_rules: thermos_core::plan::RefreshTokenRules {
+                keep_alive: keep_alive?,
+                warn_before: warn_before?,
+            },
         };
         Some(match defaults.issuer {
             None => Built::App(app),
