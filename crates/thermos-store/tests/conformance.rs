@@ -75,6 +75,8 @@ mod concurrent_finish;
 mod connect;
 #[path = "conformance/grant_types.rs"]
 mod grant_types;
+#[path = "conformance/refresh_token_lifetime.rs"]
+mod refresh_token_lifetime;
 #[path = "conformance/reseal.rs"]
 mod reseal;
 

@@ -210,6 +210,12 @@ pub(crate) fn exchange(shared: &Shared, form: &HashMap<String, String>) -> Respo
         ExpiresIn::Omitted => {}
     }
     body.insert("refresh_token".into(), grant.refresh_token.into());
+    if let Some(ttl) = shared.options.refresh_token_ttl {
+        body.insert(
+            "refresh_token_expires_in".into(),
+            (ttl.as_secs_f64().ceil() as u64).into(),
+        );
+    }
     if let Some(scope) = scope.or_else(|| shared.options.scope.clone()) {
         body.insert("scope".into(), scope.into());
     }

@@ -142,6 +142,11 @@ pub struct ProviderOptions {
     pub latency: Duration,
     /// `scope` sent in token responses when the request names none.
     pub scope: Option<String>,
+    /// When set, refresh and code-exchange responses say how long the
+    /// refresh token lives (`refresh_token_expires_in`, seconds rounded
+    /// up), as GitHub does. Reported only: the provider does not expire
+    /// refresh tokens by it. Default `None`.
+    pub refresh_token_ttl: Option<Duration>,
 }
 
 impl Default for ProviderOptions {
@@ -157,6 +162,7 @@ impl Default for ProviderOptions {
             reuse_grace: Duration::ZERO,
             latency: Duration::ZERO,
             scope: Some("read write".to_owned()),
+            refresh_token_ttl: None,
         }
     }
 }

@@ -284,6 +284,12 @@ fn refresh(shared: &Shared, headers: &HeaderMap, form: &HashMap<String, String>)
             if let Some(refresh_token) = refreshed.refresh_token {
                 body.insert("refresh_token".into(), refresh_token.into());
             }
+            if let Some(ttl) = shared.options.refresh_token_ttl {
+                body.insert(
+                    "refresh_token_expires_in".into(),
+                    (ttl.as_secs_f64().ceil() as u64).into(),
+                );
+            }
             if let Some(scope) = form.get("scope").or(shared.options.scope.as_ref()) {
                 body.insert("scope".into(), scope.clone().into());
             }

@@ -162,6 +162,22 @@ pub fn connection_deleted(record: &ConnectionRecord, revocation: Value, at: Offs
     connection_event("connection.deleted", record, data, at)
 }
 
+/// `connection.refresh_token_expiring`: the refresh token dies at
+/// `record.refresh_token_expires_at` (`None` when it has no known expiry:
+/// then no event). `expires_in_seconds` is what is left at `at` (0 once it
+/// has passed, with `expired`).
+pub fn refresh_token_expiring(record: &ConnectionRecord, at: OffsetDateTime) -> Option<NewEvent> {
+    let expires_at = record.refresh_token_expires_at?;
+    let left = (expires_at - at).whole_seconds().max(0);
+    let data = json!({
+        "refresh_token_expires_at": expires_at.format(&Rfc3339).ok(),
+        "expires_in_seconds": left,
+        "expired": expires_at <= at,
+        "status": record.status.as_str(),
+    });
+    Some(connection_event("connection.refresh_token_expiring", record, data, at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +263,26 @@ mod tests {
         assert_eq!(kinds(&events), ["connection.needs_reauth"]);
         assert_eq!(events[0].data["lost_response"], true);
         assert_eq!(events[0].project.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn a_refresh_token_warning_says_when_it_expires_and_how_long_is_left() {
+        let at = OffsetDateTime::UNIX_EPOCH + time::Duration::days(10);
+        assert!(refresh_token_expiring(&record(0), at).is_none());
+        let expiring = ConnectionRecord {
+            refresh_token_expires_at: Some(at + time::Duration::days(2)),
+            ..record(0)
+        };
+        let event = refresh_token_expiring(&expiring, at).expect("an event");
+        assert_eq!(event.kind, "connection.refresh_token_expiring");
+        assert_eq!(event.data["expires_in_seconds"], 2 * 86_400);
+        assert_eq!(event.data["expired"], false);
+        assert_eq!(event.data["refresh_token_expires_at"], "1970-01-13T00:00:00Z");
+        assert_eq!(event.data["provider"], "slack");
+        assert_eq!(event.project.as_deref(), Some("p"));
+        let expired = refresh_token_expiring(&expiring, at + time::Duration::days(3)).expect("an event");
+        assert_eq!(expired.data["expires_in_seconds"], 0);
+        assert_eq!(expired.data["expired"], true);
     }
 
     #[test]
