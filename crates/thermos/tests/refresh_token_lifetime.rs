@@ -283,3 +283,66 @@ async fn without_keep_alive_an_idle_connection_waits_for_its_access_token() {
     assert_eq!(app.connection(&id).await["refresh_count"], 0);
     app.stop().await;
 }
+
+/// Opens `url` without following redirects; Thermos's own URLs (its
+/// `public_url` names the configured port, 0) go to the test server.
+/// Returns the redirect's target.
+async fn follow(app: &TestApp, url: &str) -> String {
+    let parsed = reqwest::Url::parse(url).unwrap();
+    let thermos = !url.starts_with(&app.provider.base_url()) && parsed.host_str() == Some("127.0.0.1");
+    let target = if thermos {
+        let query = parsed.query().map(|q| format!("?{q}")).unwrap_or_default();
+        app.url(&format!("{}{query}", parsed.path()))
+    } else {
+        url.to_owned()
+    };
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = browser.get(target).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 302, "{url}");
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_connect_session_stores_the_lifetime_of_the_code_exchange() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let app = manual_app(
+        ProviderOptions {
+            bind,
+            refresh_token_ttl: Some(days(180)),
+            ..ProviderOptions::default()
+        },
+        &format!("authorization_url = \"http://{bind}/authorize\"\nscopes = [\"read\"]\n"),
+    )
+    .await;
+    let (status, session) = app
+        .post(
+            "/v1/connect/sessions",
+            json!({"project": "p1", "provider": common::PROVIDER, "external_id": "user-1",
+                   "redirect_after": "http://127.0.0.1:9/done"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{session}");
+    let to_provider = follow(&app, session["url"].as_str().unwrap()).await;
+    let to_callback = follow(&app, &to_provider).await;
+    follow(&app, &to_callback).await;
+
+    let (_, done) = app
+        .get(&format!("/v1/connect/sessions/{}", session["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let connection = app.connection(done["connection_id"].as_str().unwrap()).await;
+    assert_eq!(
+        ts(&connection["refresh_token_expires_at"]),
+        ts(&connection["created_at"]) + days(180),
+        "{connection}"
+    );
+    app.stop().await;
+}

@@ -263,6 +263,10 @@ fn schemas() -> Value {
         "expires_in": {"type": ["integer", "null"], "format": "int64", "minimum": 1, "maximum": super::connections::MAX_EXPIRES_IN_SECS,
             "description": "seconds from now; or give expires_at (not both)"},
         "expires_at": nullable_date_time(),
+        "refresh_token_expires_in": {"type": ["integer", "null"], "format": "int64", "minimum": 1, "maximum": super::connections::MAX_EXPIRES_IN_SECS,
+            "description": "how long the refresh token lives, seconds from now; or give refresh_token_expires_at (not both); only with a refresh_token. \
+                Absent: unknown (docs/refresh-token-lifetime.md)"},
+        "refresh_token_expires_at": nullable_date_time(),
         "scope": nullable("string"),
         "token_type": nullable("string"),
     });
@@ -345,8 +349,8 @@ fn schemas() -> Value {
             "at": date_time(),
         })),
         "Connection": object(
-            &["id", "project", "provider", "external_id", "status", "grant_type", "scope", "expires_at", "next_refresh_at",
-              "last_refreshed_at", "refresh_count", "consecutive_failures", "last_error", "metadata", "created_at", "updated_at"],
+            &["id", "project", "provider", "external_id", "status", "grant_type", "scope", "expires_at", "refresh_token_expires_at",
+              "next_refresh_at", "last_refreshed_at", "refresh_count", "consecutive_failures", "last_error", "metadata", "created_at", "updated_at"],
             json!({
                 "id": {"type": "string"},
                 "project": {"type": "string"},
@@ -356,6 +360,8 @@ fn schemas() -> Value {
                 "grant_type": {"type": "string", "enum": ["refresh_token", "client_credentials", "jwt_bearer"]},
                 "scope": nullable("string"),
                 "expires_at": date_time(),
+                "refresh_token_expires_at": {"type": ["string", "null"], "format": "date-time",
+                    "description": "when the refresh token dies, as the provider or the importer said; null: unknown"},
                 "next_refresh_at": nullable_date_time(),
                 "last_refreshed_at": nullable_date_time(),
                 "refresh_count": {"type": "integer", "format": "int64"},
