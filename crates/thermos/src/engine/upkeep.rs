@@ -9,12 +9,12 @@
 
 use std::time::Duration;
 
+use thermos_core::status::ConnectionStatus;
+use thermos_store::{RefreshTokenWarning, StoreResult};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at};
 use tokio_util::sync::CancellationToken;
 
 use super::{Engine, events};
-use thermos_core::status::ConnectionStatus;
-use thermos_store::{RefreshTokenWarning, StoreResult};
 
 /// How often the upkeep looks for refresh tokens close to expiry.
 pub const REFRESH_TOKEN_SCAN_EVERY: Duration = Duration::from_secs(5 * 60);
