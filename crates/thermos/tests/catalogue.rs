@@ -137,6 +137,15 @@ fn a_slack_provider_with_only_credentials_gets_the_catalogue_settings() {
     assert!(app.revocation_url.is_none(), "auth.revoke is not RFC 7009");
     assert_eq!(app.client_id, "123.456");
     assert!(app.client_secret.is_some());
+    assert_eq!(app.scope_separator, ',', "Slack joins scopes with commas");
+    assert_eq!(
+        app.join_scopes(&["chat:write".into(), "users:read".into()]),
+        "chat:write,users:read"
+    );
+    assert_eq!(
+        app.refresh_token_rules.keep_alive, None,
+        "Slack does not expire idle tokens"
+    );
     assert!(config.pending_discovery.is_empty());
     // The secret never shows in the configuration's Debug output.
     assert!(!format!("{config:?}").contains("s3cret"));
@@ -162,6 +171,12 @@ fn authorization_parameters_go_into_the_authorization_url() {
     let query: BTreeMap<String, String> = url.query_pairs().into_owned().collect();
     assert_eq!(query.get("access_type").map(String::as_str), Some("offline"));
     assert_eq!(query.get("prompt").map(String::as_str), Some("consent"));
+    assert_eq!(google.scope_separator, ' ');
+    // Google revokes refresh tokens unused for 6 months: refreshed at least every 90 days.
+    assert_eq!(
+        google.refresh_token_rules.keep_alive,
+        Some(Duration::from_secs(90 * 24 * 3600))
+    );
 }
 
 #[test]

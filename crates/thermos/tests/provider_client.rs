@@ -25,6 +25,7 @@ fn app_for(provider: &TestProvider, auth_method: AuthMethod) -> ProviderApp {
         client_secret: Some(SecretString::from(provider.client_secret().to_owned())),
         auth_method,
         scopes: vec!["read".to_owned()],
+        scope_separator: ' ',
         extra_params: BTreeMap::new(),
         default_ttl: DEFAULT_TTL,
         max_concurrency: None,

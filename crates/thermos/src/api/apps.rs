@@ -362,6 +362,7 @@ mod tests {
             client_secret: Some(SecretString::from("configured-secret".to_owned())),
             auth_method,
             scopes: vec!["read".into()],
+            scope_separator: ' ',
             extra_params: BTreeMap::new(),
             default_ttl: crate::provider::DEFAULT_TTL,
             max_concurrency: Some(4),

@@ -351,7 +351,7 @@ pub async fn start(State(state): State<AppState>, Path(id): Path<String>) -> Res
             .append_pair("client_id", &app.client_id)
             .append_pair("redirect_uri", &state.connect.redirect_uri());
         if !session.scopes.is_empty() {
-            query.append_pair("scope", &session.scopes.join(" "));
+            query.append_pair("scope", &app.join_scopes(&session.scopes));
         }
         query
             .append_pair("state", secret.expose_secret())

@@ -217,9 +217,9 @@ impl Credential {
     }
 }
 
-/// The app's configured scopes, space-separated, if it has any.
+/// The app's configured scopes, joined as the provider wants, if it has any.
 fn app_scope(app: &ProviderApp) -> Option<String> {
-    (!app.scopes.is_empty()).then(|| app.scopes.join(" "))
+    (!app.scopes.is_empty()).then(|| app.join_scopes(&app.scopes))
 }
 
 #[cfg(test)]

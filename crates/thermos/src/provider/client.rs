@@ -465,6 +465,7 @@ mod tests {
             client_secret: Some("s3cr+t/=:%x".to_owned().into()),
             auth_method: AuthMethod::ClientSecretBasic,
             scopes: Vec::new(),
+            scope_separator: ' ',
             extra_params: std::collections::BTreeMap::new(),
             default_ttl: Duration::from_secs(3600),
             max_concurrency: None,

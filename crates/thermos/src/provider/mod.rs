@@ -35,6 +35,9 @@ pub struct ProviderApp {
     pub client_secret: Option<SecretString>,
     pub auth_method: AuthMethod,
     pub scopes: Vec<String>,
+    /// How scopes are joined in a request: `' '` (RFC 6749 §3.3), or `','`
+    /// for the providers that want commas (Slack, Linear, Zoho).
+    pub scope_separator: char,
     /// Extra form parameters sent with every refresh request.
     pub extra_params: BTreeMap<String, String>,
     /// Lifetime assumed when a response has no `expires_in`.
@@ -46,4 +49,11 @@ pub struct ProviderApp {
     /// Keep-alive and the refresh-token expiry warning
     /// (docs/refresh-token-lifetime.md).
     pub refresh_token_rules: thermos_core::plan::RefreshTokenRules,
+}
+
+impl ProviderApp {
+    /// `scopes` joined as this provider wants them in a request.
+    pub fn join_scopes(&self, scopes: &[String]) -> String {
+        scopes.join(self.scope_separator.encode_utf8(&mut [0; 4]))
+    }
 }

@@ -298,7 +298,9 @@ impl Checker {
             1,
         );
         let keep_alive = match p.keep_alive.as_ref() {
-            None => Some(None),
+            // A provider that revokes idle refresh tokens: refresh at least
+            // twice within its idle expiry.
+            None => Some(entry.and_then(|e| e.refresh_token_idle).map(|idle| idle / 2)),
             Some(raw) => self
                 .duration(&format!("{at}.keep_alive"), Some(raw), std::time::Duration::ZERO)
                 .map(Some),
@@ -318,6 +320,7 @@ impl Checker {
             client_secret: client_secret.ok()?,
             auth_method,
             scopes,
+            scope_separator: entry.and_then(|e| e.scope_separator.chars().next()).unwrap_or(' '),
             extra_params,
             default_ttl: default_ttl?,
             max_concurrency: max_concurrency?,
