@@ -28,15 +28,38 @@ pub(super) async fn insert(
     now: OffsetDateTime,
     events: Vec<NewEvent>,
 ) -> StoreResult<ConnectionRecord> {
-    let sql = format!(
+    let sql = insert_one_sql("");
+    let mut tx = store.begin().await?;
+    let inserted = bind_new(sqlx::query(&sql), &new, ms(now))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(conflict_or)?;
+    let record = row::connection(&inserted)?;
+    write_events(&mut tx, &events).await?;
+    tx.commit().await?;
+    Ok(record)
+}
+
+/// The one-row insert of a new connection (`active`, version 1) that
+/// returns its record; `on_conflict` goes before `RETURNING` (e.g.
+/// `ON CONFLICT DO NOTHING`). Bind it with [`bind_new`].
+pub(super) fn insert_one_sql(on_conflict: &str) -> String {
+    format!(
         "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
          scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
          version, created_at, updated_at, grant_type, grant_params, refresh_token_expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active', $12, 0, 0, 1, $13, $13, $14, $15, $16) \
-         RETURNING {CONNECTION_COLUMNS}"
-    );
-    let mut tx = store.begin().await?;
-    let inserted = sqlx::query(&sql)
+         {on_conflict} RETURNING {CONNECTION_COLUMNS}"
+    )
+}
+
+/// Binds `new`, created at `at`, to [`insert_one_sql`].
+pub(super) fn bind_new<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    new: &'q NewConnection,
+    at: OffsetDateTime,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
         .bind(new.id.to_string())
         .bind(&new.project)
         .bind(&new.provider)
@@ -49,17 +72,10 @@ pub(super) async fn insert(
         .bind(ms(new.expires_at))
         .bind(&new.metadata)
         .bind(ms(new.next_refresh_at))
-        .bind(ms(now))
+        .bind(at)
         .bind(new.grant.grant_type.as_str())
         .bind(&new.grant.params)
         .bind(row::opt_ms(new.refresh_token_expires_at))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(conflict_or)?;
-    let record = row::connection(&inserted)?;
-    write_events(&mut tx, &events).await?;
-    tx.commit().await?;
-    Ok(record)
 }
 
 /// Inserts every connection of `new` (`active`, version 1) and `events` in

@@ -173,42 +173,10 @@ pub(super) async fn connect_connection(
     let mut tx = store.begin_write().await?;
     let outcome = match connect {
         Connect::Create(new) => {
-            let metadata = serde_json::to_string(&new.metadata)
-                .map_err(|e| StoreError::Corrupt(format!("metadata cannot be serialised: {e}")))?;
-            let inserted = sqlx::query(&format!(
-                "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, \
-                   token_type, scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, \
-                   consecutive_failures, version, created_at, updated_at, grant_type, grant_params, \
-                   refresh_token_expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13, \
-                   ?14, ?15, ?16) \
-                 ON CONFLICT DO NOTHING RETURNING {CONNECTION_COLUMNS}"
-            ))
-            .bind(new.id.to_string())
-            .bind(&new.project)
-            .bind(&new.provider)
-            .bind(&new.external_id)
-            .bind(new.access_token.as_bytes())
-            .bind(new.refresh_token.as_ref().map(|t| t.as_bytes()))
-            .bind(&new.token_type)
-            .bind(&new.scope)
-            .bind(row::millis(new.issued_at))
-            .bind(row::millis(new.expires_at))
-            .bind(metadata)
-            .bind(row::millis(new.next_refresh_at))
-            .bind(at)
-            .bind(new.grant.grant_type.as_str())
-            .bind(
-                new.grant
-                    .params
-                    .as_ref()
-                    .map(serde_json::to_string)
-                    .transpose()
-                    .map_err(|e| StoreError::Corrupt(format!("grant_params cannot be serialised: {e}")))?,
-            )
-            .bind(row::opt_millis(new.refresh_token_expires_at))
-            .fetch_optional(&mut *tx)
-            .await?;
+            let sql = super::connection::insert_one_sql("ON CONFLICT DO NOTHING");
+            let inserted = super::connection::bind_new(sqlx::query(&sql), &new, at)?
+                .fetch_optional(&mut *tx)
+                .await?;
             match inserted {
                 Some(inserted) => ConnectOutcome::Created(row::connection(&inserted)?),
                 None => return Ok(ConnectOutcome::Stale),

@@ -27,34 +27,9 @@ pub(super) async fn insert(
     now: OffsetDateTime,
     events: Vec<NewEvent>,
 ) -> StoreResult<ConnectionRecord> {
-    let metadata = serde_json::to_string(&new.metadata)
-        .map_err(|e| StoreError::Corrupt(format!("metadata cannot be serialised: {e}")))?;
-    let now = row::millis(now);
-    let sql = format!(
-        "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
-         scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
-         version, created_at, updated_at, grant_type, grant_params, refresh_token_expires_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13, ?14, ?15, ?16) \
-         RETURNING {CONNECTION_COLUMNS}"
-    );
+    let sql = insert_one_sql("");
     let mut tx = store.begin_write().await?;
-    let inserted = sqlx::query(&sql)
-        .bind(new.id.to_string())
-        .bind(&new.project)
-        .bind(&new.provider)
-        .bind(&new.external_id)
-        .bind(new.access_token.as_bytes())
-        .bind(new.refresh_token.as_ref().map(|t| t.as_bytes()))
-        .bind(&new.token_type)
-        .bind(&new.scope)
-        .bind(row::millis(new.issued_at))
-        .bind(row::millis(new.expires_at))
-        .bind(metadata)
-        .bind(row::millis(new.next_refresh_at))
-        .bind(now)
-        .bind(new.grant.grant_type.as_str())
-        .bind(grant_params(&new)?)
-        .bind(row::opt_millis(new.refresh_token_expires_at))
+    let inserted = bind_new(sqlx::query(&sql), &new, row::millis(now))?
         .fetch_one(&mut *tx)
         .await
         .map_err(conflict_or)?;
@@ -131,6 +106,46 @@ fn insert_many_sql(rows: usize) -> String {
 }
 
 /// The `grant_params` column: JSON text, NULL when there are none.
+/// The one-row insert of a new connection (`active`, version 1) that
+/// returns its record; `on_conflict` goes before `RETURNING` (e.g.
+/// `ON CONFLICT DO NOTHING`). Bind it with [`bind_new`].
+pub(super) fn insert_one_sql(on_conflict: &str) -> String {
+    format!(
+        "INSERT INTO connections (id, project, provider, external_id, access_token, refresh_token, token_type, \
+         scope, issued_at, expires_at, metadata, status, next_refresh_at, refresh_count, consecutive_failures, \
+         version, created_at, updated_at, grant_type, grant_params, refresh_token_expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'active', ?12, 0, 0, 1, ?13, ?13, ?14, ?15, ?16) \
+         {on_conflict} RETURNING {CONNECTION_COLUMNS}"
+    )
+}
+
+/// Binds `new`, created at `at` (unix ms), to [`insert_one_sql`].
+pub(super) fn bind_new<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    new: &'q NewConnection,
+    at: i64,
+) -> StoreResult<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>> {
+    let metadata = serde_json::to_string(&new.metadata)
+        .map_err(|e| StoreError::Corrupt(format!("metadata cannot be serialised: {e}")))?;
+    Ok(query
+        .bind(new.id.to_string())
+        .bind(&new.project)
+        .bind(&new.provider)
+        .bind(&new.external_id)
+        .bind(new.access_token.as_bytes())
+        .bind(new.refresh_token.as_ref().map(|t| t.as_bytes()))
+        .bind(&new.token_type)
+        .bind(&new.scope)
+        .bind(row::millis(new.issued_at))
+        .bind(row::millis(new.expires_at))
+        .bind(metadata)
+        .bind(row::millis(new.next_refresh_at))
+        .bind(at)
+        .bind(new.grant.grant_type.as_str())
+        .bind(grant_params(new)?)
+        .bind(row::opt_millis(new.refresh_token_expires_at)))
+}
+
 fn grant_params(new: &NewConnection) -> StoreResult<Option<String>> {
     new.grant
         .params
